@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/membrane-net/membrane/internal/api"
+	"github.com/membrane-net/membrane/internal/datapath/link"
+	"github.com/membrane-net/membrane/internal/datapath/loader"
+	"github.com/membrane-net/membrane/internal/endpoint"
+	"github.com/membrane-net/membrane/internal/ipam"
+	"github.com/membrane-net/membrane/internal/kvstore"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg       Config
+	log       *slog.Logger
+	pool      netip.Prefix
+	router    netip.Addr
+	startedAt time.Time
+
+	kv     *kvstore.Store
+	dp     *loader.Datapath
+	alloc  *ipam.HostScope
+	eps    *endpoint.Manager
+	server *api.Server
+}
+
+// New validates cfg and returns an agent ready to Start.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	pool, _ := cfg.Prefix()
+	return &Agent{cfg: cfg, log: log, pool: pool, router: ipam.RouterAddr(pool)}, nil
+}
+
+// Start brings the agent up. On error everything started so far is stopped
+// (BPF pins and devices stay: they belong to the node, not to this run).
+func (a *Agent) Start(ctx context.Context) (retErr error) {
+	a.startedAt = time.Now().UTC()
+	defer func() {
+		if retErr != nil {
+			a.Stop(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory %s: %w", a.cfg.StateDir, err)
+	}
+	kv, err := kvstore.Open(ctx, kvstore.Config{
+		Endpoints: a.cfg.KvstoreEndpoints,
+		DataDir:   filepath.Join(a.cfg.StateDir, "etcd"),
+		Logger:    a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("open kvstore: %w", err)
+	}
+	a.kv = kv
+	a.log.Info("kvstore connected", "mode", kv.Mode(), "endpoints", kv.Endpoints())
+
+	if err := link.EnsureBPFFS(filepath.Dir(a.cfg.BPFRoot)); err != nil {
+		return err
+	}
+	dp, err := loader.Load(loader.Config{
+		PinDir:          a.cfg.PinDir(),
+		RouterIPv4:      a.router,
+		EndpointMapSize: a.cfg.EndpointMapSize,
+		Logger:          a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	a.dp = dp
+
+	hd, err := link.EnsureHostDevices(link.HostConfig{RouterIP: a.router, PodCIDR: a.pool, MTU: a.cfg.MTU})
+	if err != nil {
+		return err
+	}
+	if err := dp.AttachHost(link.NetDevice, hd.NetIfIndex); err != nil {
+		return fmt.Errorf("attach from-host program to %s: %w", link.NetDevice, err)
+	}
+
+	alloc, err := ipam.NewHostScope(ctx, a.pool, kvstore.NewIPAMStore(kv.Client, a.cfg.NodeName))
+	if err != nil {
+		return err
+	}
+	a.alloc = alloc
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Router: a.router, MTU: a.cfg.MTU, Logger: a.log},
+		alloc, osLinks{}, dp)
+	if err != nil {
+		return err
+	}
+	if err := eps.Restore(ctx); err != nil {
+		// Endpoints that restored keep working; the rest are reported.
+		a.log.Error("some endpoints could not be restored", "err", err)
+	}
+	a.eps = eps
+
+	srv, err := api.Listen(a.cfg.SocketPath, api.NewHandler(a, a.log))
+	if err != nil {
+		return err
+	}
+	a.server = srv
+	a.log.Info("agent ready", "node", a.cfg.NodeName, "socket", a.cfg.SocketPath, "podCIDR", a.pool, "router", a.router, "endpoints", eps.Count())
+	return nil
+}
+
+// Stop shuts down in reverse order. BPF pins and devices are left in place.
+func (a *Agent) Stop(ctx context.Context) error {
+	var errs []error
+	if a.server != nil {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		errs = append(errs, a.server.Shutdown(sctx))
+		cancel()
+		a.server = nil
+	}
+	if a.dp != nil {
+		errs = append(errs, a.dp.Close())
+		a.dp = nil
+	}
+	if a.kv != nil {
+		errs = append(errs, a.kv.Close())
+		a.kv = nil
+	}
+	return errors.Join(errs...)
+}
+
+// osLinks adapts package link to endpoint.Links.
+type osLinks struct{}
+
+func (osLinks) CreateVeth(r link.VethRequest) (link.VethResult, error) { return link.CreateVeth(r) }
+func (osLinks) DeleteVeth(n string) error                              { return link.DeleteVeth(n) }
+func (osLinks) CheckVeth(r link.VethRequest) error                     { return link.CheckVeth(r) }
+func (osLinks) HostLink(n string) (int, net.HardwareAddr, bool, error) { return link.HostLink(n) }

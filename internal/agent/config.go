@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/membrane-net/membrane/internal/api"
+)
+
+// Config is the agent's configuration, filled from flags.
+type Config struct {
+	NodeName         string
+	StateDir         string
+	SocketPath       string
+	PodCIDR          string
+	BPFRoot          string
+	KvstoreEndpoints []string
+	EndpointMapSize  uint32
+	MTU              int
+	LogLevel         string
+}
+
+// DefaultConfig returns the defaults documented in --help.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:        host,
+		StateDir:        "/var/lib/membrane",
+		SocketPath:      api.DefaultSocketPath,
+		PodCIDR:         "10.200.0.0/24",
+		BPFRoot:         "/sys/fs/bpf/membrane",
+		EndpointMapSize: 65536,
+		MTU:             1500,
+		LogLevel:        "info",
+	}
+}
+
+// RegisterFlags binds the config to a flag set.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node; also names the BPF pin directory <bpf-root>/<node-name>")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for endpoint state and the embedded etcd's data")
+	fs.StringVar(&c.SocketPath, "socket", c.SocketPath, "unix socket of the HTTP/JSON API (created with mode 0600)")
+	fs.StringVar(&c.PodCIDR, "pod-cidr", c.PodCIDR, "this node's pod CIDR; its first address is the router IP on mbr_host")
+	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "directory on a bpffs under which this node's maps and links are pinned")
+	fs.StringSliceVar(&c.KvstoreEndpoints, "kvstore-endpoints", c.KvstoreEndpoints, "external etcd endpoints (http://host:port, unix:///path); empty = start an embedded etcd under --state-dir")
+	fs.Uint32Var(&c.EndpointMapSize, "endpoint-map-size", c.EndpointMapSize, "entries of the BPF endpoint map")
+	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of endpoint interfaces")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+}
+
+var nodeNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$`)
+
+// Validate checks the configuration and says which flag is wrong.
+func (c Config) Validate() error {
+	var errs []error
+	if !nodeNameRe.MatchString(c.NodeName) {
+		errs = append(errs, fmt.Errorf("--node-name %q: want 1-63 lowercase letters, digits, '.' or '-'", c.NodeName))
+	}
+	for flag, p := range map[string]string{"--state-dir": c.StateDir, "--socket": c.SocketPath, "--bpf-root": c.BPFRoot} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q: want an absolute path", flag, p))
+		}
+	}
+	if len(c.SocketPath) > 100 {
+		errs = append(errs, fmt.Errorf("--socket %q: longer than 100 bytes (unix socket limit)", c.SocketPath))
+	}
+	if p, err := c.Prefix(); err != nil {
+		errs = append(errs, err)
+	} else if !p.Addr().Is4() {
+		errs = append(errs, fmt.Errorf("--pod-cidr %s: only IPv4 is supported yet", p))
+	} else if p.Bits() > 30 || p.Bits() < 12 {
+		errs = append(errs, fmt.Errorf("--pod-cidr %s: prefix length must be /12 to /30", p))
+	}
+	if c.EndpointMapSize < 16 || c.EndpointMapSize > 1<<20 {
+		errs = append(errs, fmt.Errorf("--endpoint-map-size %d: want 16 to 1048576", c.EndpointMapSize))
+	}
+	if c.MTU < 576 || c.MTU > 65535 {
+		errs = append(errs, fmt.Errorf("--mtu %d: want 576-65535", c.MTU))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Prefix parses --pod-cidr.
+func (c Config) Prefix() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.PodCIDR)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("--pod-cidr %q: %w", c.PodCIDR, err)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("--pod-cidr %s: host bits set; did you mean %s?", p, p.Masked())
+	}
+	return p, nil
+}
+
+// PinDir is where this node's BPF objects are pinned.
+func (c Config) PinDir() string { return filepath.Join(c.BPFRoot, c.NodeName) }

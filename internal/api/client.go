@@ -1,0 +1,151 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// ErrAgentUnreachable is returned (wrapped) when the agent's socket cannot be
+// reached: not running, wrong path, or no permission.
+var ErrAgentUnreachable = errors.New("agent not reachable")
+
+// Client talks to the agent over its unix socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the agent listening on socketPath.
+func NewClient(socketPath string) *Client {
+	if socketPath == "" {
+		socketPath = DefaultSocketPath
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socketPath)
+		},
+		MaxIdleConns: 2,
+	}
+	return &Client{socket: socketPath, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+// SocketPath is the socket this client dials.
+func (c *Client) SocketPath() string { return c.socket }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode %s %s request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://membrane"+path, body)
+	if err != nil {
+		return fmt.Errorf("build %s %s request: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			return fmt.Errorf("%w at %s: %v (is membrane-agent running?)", ErrAgentUnreachable, c.socket, opErr.Err)
+		}
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read %s %s response: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e Error
+		if json.Unmarshal(data, &e) == nil && e.Code != "" {
+			return &e
+		}
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(data))}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode %s %s response: %w", method, path, err)
+	}
+	return nil
+}
+
+// Status returns the agent's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+	return s, err
+}
+
+// Endpoints lists all endpoints.
+func (c *Client) Endpoints(ctx context.Context) ([]Endpoint, error) {
+	var eps []Endpoint
+	err := c.do(ctx, http.MethodGet, "/v1/endpoints", nil, &eps)
+	return eps, err
+}
+
+// Endpoint returns one endpoint by numeric id or by container id.
+func (c *Client) Endpoint(ctx context.Context, idOrContainer string) (Endpoint, error) {
+	var ep Endpoint
+	err := c.do(ctx, http.MethodGet, "/v1/endpoints/"+idOrContainer, nil, &ep)
+	return ep, err
+}
+
+// PatchEndpoint changes an endpoint's labels or named ports.
+func (c *Client) PatchEndpoint(ctx context.Context, id uint16, p EndpointPatch) (Endpoint, error) {
+	var ep Endpoint
+	err := c.do(ctx, http.MethodPatch, "/v1/endpoints/"+strconv.Itoa(int(id)), p, &ep)
+	return ep, err
+}
+
+// CNIAdd creates (or returns the existing) attachment.
+func (c *Client) CNIAdd(ctx context.Context, r CNIAddRequest) (CNIAddResponse, error) {
+	var out CNIAddResponse
+	err := c.do(ctx, http.MethodPost, "/v1/cni/add", r, &out)
+	return out, err
+}
+
+// CNIDel removes an attachment; removing an unknown one is not an error.
+func (c *Client) CNIDel(ctx context.Context, r CNIDelRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/cni/del", r, nil)
+}
+
+// CNICheck verifies an attachment.
+func (c *Client) CNICheck(ctx context.Context, r CNICheckRequest) error {
+	return c.do(ctx, http.MethodPost, "/v1/cni/check", r, nil)
+}
+
+// CNIGC releases every attachment not listed as valid.
+func (c *Client) CNIGC(ctx context.Context, r CNIGCRequest) (CNIGCResponse, error) {
+	var out CNIGCResponse
+	err := c.do(ctx, http.MethodPost, "/v1/cni/gc", r, &out)
+	return out, err
+}
+
+// CNIStatus returns nil when the agent is ready to serve ADD.
+func (c *Client) CNIStatus(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/v1/cni/status", nil, nil)
+}
+
+// BPFEndpoints dumps the datapath's endpoint map.
+func (c *Client) BPFEndpoints(ctx context.Context) ([]BPFEndpointEntry, error) {
+	var out []BPFEndpointEntry
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/endpoints", nil, &out)
+	return out, err
+}

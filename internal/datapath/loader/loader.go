@@ -1,0 +1,538 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultEndpointMapSize is the default capacity of the endpoint map.
+const DefaultEndpointMapSize = 65536
+
+// linksDir is the directory under Config.PinDir holding pinned tcx links.
+const linksDir = "links"
+
+// Endpoint key families, as in bpf/include/common.h.
+const (
+	familyIPv4 = 4
+	familyIPv6 = 6
+)
+
+var (
+	// ErrEndpointMapFull is returned (wrapped) by UpsertEndpoint when the
+	// endpoint map has no room for another entry.
+	ErrEndpointMapFull = errors.New("endpoint map full")
+	// ErrNotSupported is returned (wrapped) for IPv6 endpoints, which the
+	// datapath does not handle yet.
+	ErrNotSupported = errors.New("not supported yet")
+)
+
+// Config configures the datapath of one node.
+type Config struct {
+	PinDir          string     // e.g. /sys/fs/bpf/membrane/<node>; maps pinned here, links under PinDir/links/
+	RouterIPv4      netip.Addr // first address of the node pod CIDR
+	EndpointMapSize uint32     // 0 = default 65536
+	Logger          *slog.Logger
+}
+
+// Validate checks the config without touching the kernel.
+func (c Config) Validate() error {
+	if c.PinDir == "" {
+		return errors.New("pin dir is empty")
+	}
+	if !filepath.IsAbs(c.PinDir) {
+		return fmt.Errorf("pin dir %q is not an absolute path", c.PinDir)
+	}
+	if filepath.Clean(c.PinDir) == "/" {
+		return errors.New("pin dir must not be /")
+	}
+	if !c.RouterIPv4.IsValid() {
+		return errors.New("router IPv4 address is unset")
+	}
+	if !c.RouterIPv4.Is4() {
+		return fmt.Errorf("router address %s is not IPv4", c.RouterIPv4)
+	}
+	if c.RouterIPv4.IsUnspecified() {
+		return fmt.Errorf("router address %s is unspecified", c.RouterIPv4)
+	}
+	return nil
+}
+
+func (c Config) endpointMapSize() uint32 {
+	if c.EndpointMapSize == 0 {
+		return DefaultEndpointMapSize
+	}
+	return c.EndpointMapSize
+}
+
+// EndpointInfo is how the datapath delivers to a local endpoint.
+type EndpointInfo struct {
+	IfIndex    uint32           // host-side lxc ifindex
+	PodMAC     net.HardwareAddr // MAC of eth0 in the pod
+	HostMAC    net.HardwareAddr // MAC of the lxc; the pod's router MAC
+	EndpointID uint16
+	Flags      uint16
+}
+
+// EndpointEntry is one entry of the endpoint map.
+type EndpointEntry struct {
+	IP netip.Addr
+	EndpointInfo
+}
+
+// Datapath holds the loaded programs and maps of a node.
+type Datapath struct {
+	cfg Config
+	log *slog.Logger
+
+	objs datapathObjects
+
+	mu    sync.Mutex
+	links map[string]link.Link // by pin name, e.g. lxc_lxc1234
+}
+
+// Load loads the datapath, reusing maps pinned under cfg.PinDir.
+func Load(cfg Config) (_ *Datapath, retErr error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("load datapath: invalid config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("load datapath: create pin dir: %w", err)
+	}
+	if err := checkBPFFS(cfg.PinDir); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	if err := spec.Variables[datapathVarROUTER_IP4].Set(cfg.RouterIPv4.As4()); err != nil {
+		return nil, fmt.Errorf("load datapath: set ROUTER_IP4 to %s: %w", cfg.RouterIPv4, err)
+	}
+	spec.Maps[datapathMapMbrEndpoints].MaxEntries = cfg.endpointMapSize()
+
+	if err := checkPinnedMaps(spec, cfg.PinDir); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+
+	d := &Datapath{cfg: cfg, log: log, links: make(map[string]link.Link)}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			log.Error("BPF verifier rejected the datapath", "log", fmt.Sprintf("%+v", verr))
+		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	log.Debug("datapath loaded", "pin_dir", cfg.PinDir, "router_ipv4", cfg.RouterIPv4,
+		"endpoint_map_capacity", d.EndpointMapCapacity())
+	return d, nil
+}
+
+// checkBPFFS reports an error if dir is not on a BPF filesystem: pins
+// elsewhere fail with an obscure error or, worse, succeed nowhere.
+func checkBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if uint32(st.Type) != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin dir %s is not on a BPF filesystem (mount bpffs at /sys/fs/bpf)", dir)
+	}
+	return nil
+}
+
+// checkPinnedMaps compares each map the spec pins by name with an existing
+// pin. An incompatible pin (e.g. another size) is reported by name and path
+// rather than replaced: replacing it would lose every endpoint.
+func checkPinnedMaps(spec *ebpf.CollectionSpec, pinDir string) error {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s at %s: %w", name, path, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("pinned map %s at %s does not match this datapath "+
+				"(remove it to recreate it, losing its entries): %w", name, path, err)
+		}
+	}
+	return nil
+}
+
+// Close releases the agent's file descriptors. Pins stay, so programs stay
+// attached and maps keep their contents until Unpin.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for name, l := range d.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close link %s: %w", name, err))
+		}
+		delete(d.links, name)
+	}
+	if err := d.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close datapath objects: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// AttachHost attaches from_host at tcx ingress of ifname (mbr_net).
+func (d *Datapath) AttachHost(ifname string, ifindex int) error {
+	return d.attach(d.objs.FromHost, datapathProgFromHost, "host_", ifname, ifindex)
+}
+
+// AttachEndpoint attaches from_container at tcx ingress of an endpoint's
+// host-side veth ifname.
+func (d *Datapath) AttachEndpoint(ifname string, ifindex int) error {
+	return d.attach(d.objs.FromContainer, datapathProgFromContainer, "lxc_", ifname, ifindex)
+}
+
+// DetachEndpoint detaches from_container from ifname and removes its
+// pinned link. Detaching an endpoint that is not attached is not an error.
+func (d *Datapath) DetachEndpoint(ifname string) error {
+	if err := checkIfname(ifname); err != nil {
+		return fmt.Errorf("detach endpoint %q: %w", ifname, err)
+	}
+	name := "lxc_" + ifname
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l, ok := d.links[name]; ok {
+		delete(d.links, name)
+		l.Close()
+	}
+	if err := detachPinnedLink(d.linkPinPath(name)); err != nil {
+		return fmt.Errorf("detach endpoint %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// detachPinnedLink detaches the link pinned at path and removes the pin. A
+// missing pin is not an error. Detaching explicitly makes the program leave
+// the device now: dropping the last reference alone would only do so once
+// the kernel's deferred release of the pin has run.
+func detachPinnedLink(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", path, err)
+	}
+	defer l.Close()
+	if err := l.Detach(); err != nil && !linkDefunct(l) {
+		return fmt.Errorf("detach link %s: %w", path, err)
+	}
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin link %s: %w", path, err)
+	}
+	return nil
+}
+
+// linkDefunct reports whether l is a tcx link whose device has gone.
+func linkDefunct(l link.Link) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	tcx := info.TCX()
+	return tcx != nil && tcx.Ifindex == 0
+}
+
+func (d *Datapath) linkPinPath(name string) string {
+	return filepath.Join(d.cfg.PinDir, linksDir, name)
+}
+
+func checkIfname(ifname string) error {
+	if ifname == "" || len(ifname) >= unix.IFNAMSIZ || strings.ContainsAny(ifname, "/ \x00") ||
+		ifname == "." || ifname == ".." {
+		return errors.New("invalid interface name")
+	}
+	return nil
+}
+
+// attach attaches prog at tcx ingress of ifindex behind a link pinned as
+// PinDir/links/<prefix><ifname>. A pinned link still attached to ifindex
+// gets the new program through an atomic link update; a stale one (device
+// gone or another ifindex) is unpinned and replaced by a fresh attachment.
+func (d *Datapath) attach(prog *ebpf.Program, progName, prefix, ifname string, ifindex int) error {
+	if err := checkIfname(ifname); err != nil {
+		return fmt.Errorf("attach %s to %q: %w", progName, ifname, err)
+	}
+	if ifindex <= 0 {
+		return fmt.Errorf("attach %s to %s: invalid ifindex %d", progName, ifname, ifindex)
+	}
+	name := prefix + ifname
+	pinPath := d.linkPinPath(name)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if err := os.MkdirAll(filepath.Dir(pinPath), 0o700); err != nil {
+		return fmt.Errorf("attach %s to %s: create links dir: %w", progName, ifname, err)
+	}
+
+	l, err := link.LoadPinnedLink(pinPath, nil)
+	switch {
+	case err == nil:
+		if attachedIngress(l, ifindex) {
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("update program on %s (ifindex %d): %w", ifname, ifindex, err)
+			}
+			d.keepLink(name, l)
+			d.log.Debug("replaced program in pinned link", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+			return nil
+		}
+		d.log.Info("replacing stale pinned link", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+		l.Close()
+		if err := detachPinnedLink(pinPath); err != nil {
+			return fmt.Errorf("attach %s to %s: replace stale link: %w", progName, ifname, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return fmt.Errorf("attach %s to %s: open pinned link %s: %w", progName, ifname, pinPath, err)
+	}
+
+	l, err = link.AttachTCX(link.TCXOptions{
+		Interface: ifindex,
+		Program:   prog,
+		Attach:    ebpf.AttachTCXIngress,
+	})
+	if err != nil {
+		return fmt.Errorf("attach tcx ingress to %s (ifindex %d): %w", ifname, ifindex, err)
+	}
+	if err := l.Pin(pinPath); err != nil {
+		l.Close() // detaches: the link had no other reference
+		return fmt.Errorf("attach %s to %s: pin link %s: %w", progName, ifname, pinPath, err)
+	}
+	d.keepLink(name, l)
+	d.log.Debug("attached program", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+	return nil
+}
+
+// attachedIngress reports whether l is a tcx ingress link on ifindex. The
+// kernel reports ifindex 0 for a link whose device has gone.
+func attachedIngress(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	tcx := info.TCX()
+	return tcx != nil && tcx.Ifindex != 0 && tcx.Ifindex == uint32(ifindex) &&
+		uint32(tcx.AttachType) == uint32(ebpf.AttachTCXIngress)
+}
+
+// keepLink remembers l under name, closing a link previously held there.
+// Called with d.mu held.
+func (d *Datapath) keepLink(name string, l link.Link) {
+	if old, ok := d.links[name]; ok && old != l {
+		old.Close()
+	}
+	d.links[name] = l
+}
+
+// UpsertEndpoint creates or replaces the endpoint entry for ip.
+func (d *Datapath) UpsertEndpoint(ip netip.Addr, info EndpointInfo) error {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return fmt.Errorf("upsert endpoint %s: %w", ip, err)
+	}
+	val, err := endpointValue(info)
+	if err != nil {
+		return fmt.Errorf("upsert endpoint %s: %w", ip, err)
+	}
+	if err := d.objs.MbrEndpoints.Update(&key, &val, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("upsert endpoint %s: %w (capacity %d): %w",
+				ip, ErrEndpointMapFull, d.EndpointMapCapacity(), err)
+		}
+		return fmt.Errorf("upsert endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// DeleteEndpoint removes the endpoint entry for ip. A missing entry is not
+// an error.
+func (d *Datapath) DeleteEndpoint(ip netip.Addr) error {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return fmt.Errorf("delete endpoint %s: %w", ip, err)
+	}
+	if err := d.objs.MbrEndpoints.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// LookupEndpoint returns the endpoint entry for ip, if any.
+func (d *Datapath) LookupEndpoint(ip netip.Addr) (EndpointInfo, bool, error) {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return EndpointInfo{}, false, fmt.Errorf("lookup endpoint %s: %w", ip, err)
+	}
+	var val datapathEndpointInfo
+	if err := d.objs.MbrEndpoints.Lookup(&key, &val); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return EndpointInfo{}, false, nil
+		}
+		return EndpointInfo{}, false, fmt.Errorf("lookup endpoint %s: %w", ip, err)
+	}
+	return endpointInfo(val), true, nil
+}
+
+// ListEndpoints returns all endpoint entries sorted by IP.
+func (d *Datapath) ListEndpoints() ([]EndpointEntry, error) {
+	var (
+		key     datapathEndpointKey
+		val     datapathEndpointInfo
+		entries []EndpointEntry
+	)
+	it := d.objs.MbrEndpoints.Iterate()
+	for it.Next(&key, &val) {
+		ip, err := keyAddr(key)
+		if err != nil {
+			return nil, fmt.Errorf("list endpoints: %w", err)
+		}
+		entries = append(entries, EndpointEntry{IP: ip, EndpointInfo: endpointInfo(val)})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	slices.SortFunc(entries, func(a, b EndpointEntry) int { return a.IP.Compare(b.IP) })
+	return entries, nil
+}
+
+// EndpointMapCapacity is the maximum number of entries of the endpoint map
+// as loaded (a reused pinned map keeps its own size).
+func (d *Datapath) EndpointMapCapacity() uint32 {
+	return d.objs.MbrEndpoints.MaxEntries()
+}
+
+// endpointKey encodes ip as in struct endpoint_key: IPv4 in the first four
+// bytes of addr (network order), the rest zero, family 4.
+func endpointKey(ip netip.Addr) (datapathEndpointKey, error) {
+	var key datapathEndpointKey
+	switch {
+	case !ip.IsValid():
+		return key, errors.New("invalid IP address")
+	case ip.Is4() || ip.Is4In6():
+		a := ip.Unmap().As4()
+		copy(key.Addr[:], a[:])
+		key.Family = familyIPv4
+	default:
+		return key, fmt.Errorf("IPv6 endpoints: %w", ErrNotSupported)
+	}
+	return key, nil
+}
+
+func keyAddr(key datapathEndpointKey) (netip.Addr, error) {
+	switch key.Family {
+	case familyIPv4:
+		return netip.AddrFrom4([4]byte(key.Addr[:4])), nil
+	case familyIPv6:
+		return netip.AddrFrom16(key.Addr), nil
+	default:
+		return netip.Addr{}, fmt.Errorf("endpoint key with unknown family %d", key.Family)
+	}
+}
+
+func endpointValue(info EndpointInfo) (datapathEndpointInfo, error) {
+	var val datapathEndpointInfo
+	if info.IfIndex == 0 {
+		return val, errors.New("ifindex is zero")
+	}
+	if len(info.PodMAC) != 6 {
+		return val, fmt.Errorf("pod MAC %q is not a 6-byte MAC", info.PodMAC)
+	}
+	if len(info.HostMAC) != 6 {
+		return val, fmt.Errorf("host MAC %q is not a 6-byte MAC", info.HostMAC)
+	}
+	val.Ifindex = info.IfIndex
+	copy(val.PodMac[:], info.PodMAC)
+	copy(val.HostMac[:], info.HostMAC)
+	val.EpId = info.EndpointID
+	val.Flags = info.Flags
+	return val, nil
+}
+
+func endpointInfo(val datapathEndpointInfo) EndpointInfo {
+	return EndpointInfo{
+		IfIndex:    val.Ifindex,
+		PodMAC:     slices.Clone(net.HardwareAddr(val.PodMac[:])),
+		HostMAC:    slices.Clone(net.HardwareAddr(val.HostMac[:])),
+		EndpointID: val.EpId,
+		Flags:      val.Flags,
+	}
+}
+
+// Unpin removes everything under pinDir: links first, which detaches the
+// programs, then the maps. A missing pinDir is not an error.
+func Unpin(pinDir string) error {
+	if !filepath.IsAbs(pinDir) || filepath.Clean(pinDir) == "/" {
+		return fmt.Errorf("unpin %q: not an absolute pin dir", pinDir)
+	}
+	if _, err := os.Stat(pinDir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := checkBPFFS(pinDir); err != nil {
+		return fmt.Errorf("unpin %s: %w", pinDir, err)
+	}
+	if isMountPoint(pinDir) {
+		return fmt.Errorf("unpin %s: refusing to empty a whole BPF filesystem", pinDir)
+	}
+	links := filepath.Join(pinDir, linksDir)
+	entries, err := os.ReadDir(links)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("unpin %s: read links: %w", pinDir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if err := detachPinnedLink(filepath.Join(links, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unpin %s: %w", pinDir, err)
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		return fmt.Errorf("unpin %s: %w", pinDir, err)
+	}
+	return nil
+}
+
+// isMountPoint reports whether dir is the root of a mounted filesystem.
+func isMountPoint(dir string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(filepath.Clean(dir)), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
+}
