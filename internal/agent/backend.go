@@ -115,4 +115,3 @@ func (a *Agent) BPFEndpoints(context.Context) ([]api.BPFEndpointEntry, error) {
 	}
 	return out, nil
 }
-

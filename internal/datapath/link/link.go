@@ -306,7 +306,12 @@ func CheckVeth(req VethRequest) error {
 		return fmt.Errorf("check: routes of %s in %s: %w", req.IfName, req.Netns, err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil && r.Gw != nil && r.Gw.Equal(net.IP(req.Router.AsSlice())) {
+		isDefault := r.Dst == nil
+		if r.Dst != nil {
+			ones, _ := r.Dst.Mask.Size()
+			isDefault = ones == 0
+		}
+		if isDefault && r.Gw != nil && r.Gw.Equal(net.IP(req.Router.AsSlice())) {
 			return nil
 		}
 	}

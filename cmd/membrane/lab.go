@@ -1,0 +1,544 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/membrane-net/membrane/internal/lab"
+)
+
+// labFlags are the flags every `membrane lab` command shares.
+type labFlags struct {
+	name string
+	dir  string
+}
+
+func (f *labFlags) labDir() string {
+	if f.dir != "" {
+		return f.dir
+	}
+	return filepath.Join(lab.DefaultBaseDir, f.name)
+}
+
+func (f *labFlags) open() (*lab.Lab, error) {
+	if err := lab.ValidateName(f.name); err != nil {
+		return nil, err
+	}
+	l, err := lab.OpenDir(f.labDir())
+	if errors.Is(err, lab.ErrNotFound) {
+		return nil, fmt.Errorf("lab %q does not exist (create it with `membrane lab up --name %s`)", f.name, f.name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l.SetLogger(labLogger())
+	return l, nil
+}
+
+// labLogger prints progress to stderr, without timestamps.
+func labLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+}
+
+// labContext is cancelled by Ctrl-C or SIGTERM; lab operations then roll
+// back what they had done.
+func labContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	parent := cmd.Context()
+	if parent == nil {
+		parent = context.Background()
+	}
+	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+}
+
+// outputFormat reads the root's -o/--output flag, if there is one.
+func outputFormat(cmd *cobra.Command) string {
+	if f := cmd.Flag("output"); f != nil {
+		return f.Value.String()
+	}
+	return "table"
+}
+
+// renderOut writes v as json or yaml, or calls table.
+func renderOut(cmd *cobra.Command, v any, table func(io.Writer) error) error {
+	w := cmd.OutOrStdout()
+	switch o := outputFormat(cmd); o {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "table", "":
+		return table(w)
+	default:
+		return fmt.Errorf("--output %q: want table, json or yaml", o)
+	}
+}
+
+func newLabCmd() *cobra.Command {
+	f := &labFlags{}
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a virtual Membrane cluster in network namespaces on this machine",
+		Long: `The lab builds a throw-away cluster inside network namespaces on this
+machine: a node namespace running membrane-agent, and pods as namespaces
+attached through the real membrane-cni plugin (invoked with libcni, as a
+container runtime would). Every pod runs a small traffic server, so that
+reachability between pods can be measured with 'membrane lab probe'.
+
+The lab never touches the machine's own interfaces or routes, and
+'membrane lab down' removes every namespace, process, BPF pin and file it
+made. Several labs can run side by side under different --name values.
+Needs root.
+
+The binaries membrane-agent, membrane-cni and membrane are looked up next
+to this executable, else in $PATH; 'lab up --bin-dir' overrides.`,
+		Example: `  go build -o bin/ ./cmd/...
+  sudo bin/membrane lab up
+  sudo bin/membrane lab pod add web --labels app=web
+  sudo bin/membrane lab pod add client --namespace other --labels app=client
+  sudo bin/membrane lab probe --proto tcp --port 8080
+  sudo bin/membrane lab exec web -- ip addr
+  sudo bin/membrane lab down`,
+	}
+	def := os.Getenv("MEMBRANE_LAB")
+	if def == "" {
+		def = lab.DefaultName
+	}
+	cmd.PersistentFlags().StringVar(&f.name, "name", def, "lab name ($MEMBRANE_LAB)")
+	cmd.PersistentFlags().StringVar(&f.dir, "dir", "", "lab directory (default "+lab.DefaultBaseDir+"/<name>)")
+	cmd.AddCommand(
+		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabPodCmd(f),
+		newLabExecCmd(f), newLabProbeCmd(f), newLabAgentCmd(f), newLabServeCmd(),
+	)
+	return cmd
+}
+
+func newLabUpCmd(f *labFlags) *cobra.Command {
+	var podCIDR, ports, binDir, bpfRoot string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Create a lab: node namespace and agent",
+		Long: `Create the lab's node namespace (mbr-<name>-node1) and start membrane-agent
+in it, then wait until the agent's API answers. If anything fails, what was
+made is removed again.`,
+		Example: `  membrane lab up
+  membrane lab up --name blue --pod-cidr 10.201.1.0/24 --bin-dir ./bin
+  MEMBRANE_LAB=blue membrane lab status`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger()}
+			if binDir != "" {
+				abs, err := filepath.Abs(binDir)
+				if err != nil {
+					return err
+				}
+				cfg.BinDir = abs
+			}
+			if podCIDR != "" {
+				p, err := netip.ParsePrefix(podCIDR)
+				if err != nil {
+					return fmt.Errorf("--pod-cidr: %w", err)
+				}
+				cfg.PodCIDR = p
+			}
+			if ports != "" {
+				ps, err := lab.ParsePorts(ports)
+				if err != nil {
+					return fmt.Errorf("--ports: %w", err)
+				}
+				cfg.ServePorts = ps
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			l, err := lab.Up(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			n := l.Nodes()[0]
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up: node %s (netns %s), agent socket %s\nnext: membrane lab pod add NAME --name %s\n", l.Name(), n.Name, n.Netns, n.Socket, l.Name())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&podCIDR, "pod-cidr", lab.DefaultPodCIDR.String(), "node1's pod CIDR")
+	cmd.Flags().StringVar(&ports, "ports", "8080/tcp,9090/tcp,8080/udp,9090/udp", "ports every pod's traffic server listens on (PORT/tcp|udp,...)")
+	cmd.Flags().StringVar(&binDir, "bin-dir", "", "directory with membrane-agent, membrane-cni and membrane")
+	cmd.Flags().StringVar(&bpfRoot, "bpf-root", lab.DefaultBPFRoot, "agent --bpf-root; pins go to <bpf-root>/<name>-node1")
+	return cmd
+}
+
+func newLabDownCmd(f *labFlags) *cobra.Command {
+	var bpfRoot string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Remove a lab and everything it made",
+		Long: `Stop the traffic servers, detach every pod with CNI DEL, stop the agent,
+delete the pod and node namespaces, remove the node's BPF pin directory and
+the lab directory. Best effort and idempotent: it carries on past errors,
+reports them at the end, and can be run again. Also cleans up after a
+crashed run whose state file is missing.`,
+		Example: `  membrane lab down
+  membrane lab down --name blue`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := lab.Reclaim(ctx, lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger()}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is down\n", f.name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&bpfRoot, "bpf-root", lab.DefaultBPFRoot, "bpf root used when the lab's state is gone")
+	return cmd
+}
+
+func newLabStatusCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the lab's nodes, agents and pods",
+		Example: `  membrane lab status
+  membrane lab status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			st, err := l.Status(ctx)
+			if err != nil {
+				return err
+			}
+			return renderOut(cmd, st, func(w io.Writer) error { return renderLabStatus(w, st) })
+		},
+	}
+}
+
+func renderLabStatus(w io.Writer, st lab.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Lab:\t%s (%s, up since %s)\n\n", st.Name, st.Dir, st.CreatedAt.Local().Format(time.DateTime))
+	fmt.Fprintln(tw, "NODE\tNETNS\tAGENT\tAPI\tENDPOINTS\tSOCKET")
+	for _, n := range st.Nodes {
+		agent := fmt.Sprintf("pid %d", n.Agent.PID)
+		if !n.AgentAlive {
+			agent = "NOT RUNNING"
+		}
+		apiState, eps := "ok", "-"
+		if n.API == nil {
+			apiState = "DOWN: " + n.APIError
+		} else {
+			eps = fmt.Sprint(n.API.Endpoints)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, agent, apiState, eps, n.Socket)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	pods := make([]lab.Pod, len(st.Pods))
+	extra := map[string][2]string{}
+	for i, p := range st.Pods {
+		pods[i] = p.Pod
+		server := "running"
+		if !p.ServerAlive {
+			server = "NOT RUNNING"
+		}
+		extra[p.Key()] = [2]string{server, p.EndpointState}
+	}
+	return renderPods(w, pods, extra)
+}
+
+// renderPods prints pods; extra adds server and endpoint state columns.
+func renderPods(w io.Writer, pods []lab.Pod, extra map[string][2]string) error {
+	if len(pods) == 0 {
+		fmt.Fprintln(w, "no pods (add one with `membrane lab pod add NAME`)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	hdr := "NAMESPACE\tNAME\tIP\tNODE\tSTATE\tLABELS\tNETNS"
+	if extra != nil {
+		hdr += "\tSERVER\tENDPOINT"
+	}
+	fmt.Fprintln(tw, hdr)
+	for _, p := range pods {
+		ip := "-"
+		if p.IP.IsValid() {
+			ip = p.IP.String()
+		}
+		labels := make([]string, 0, len(p.Labels))
+		for k, v := range p.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		slices.Sort(labels)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s", p.Namespace, p.Name, ip, p.Node, p.State, orDash(strings.Join(labels, ",")), p.Netns)
+		if extra != nil {
+			e := extra[p.Key()]
+			fmt.Fprintf(tw, "\t%s\t%s", e[0], orDash(e[1]))
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newLabPodCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pod",
+		Short: "Add, remove and list lab pods",
+	}
+	var namespace, labels, ports, node string
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Add a pod: namespace, CNI ADD, traffic server",
+		Long: `Create a pod network namespace, attach it with CNI ADD through the
+membrane-cni plugin (labels and container ports passed as CNI capability
+arguments, as a runtime does), and start the pod's traffic server on its
+address and 127.0.0.1. On failure the pod is rolled back.`,
+		Example: `  membrane lab pod add web --labels app=web,tier=front --port http:80/tcp
+  membrane lab pod add db --namespace prod --labels app=db --port pg:5432`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec := lab.PodSpec{Namespace: namespace, Name: args[0], Node: node}
+			var err error
+			if spec.Labels, err = lab.ParseLabels(labels); err != nil {
+				return fmt.Errorf("--labels: %w", err)
+			}
+			if spec.Ports, err = lab.ParseNamedPorts(ports); err != nil {
+				return fmt.Errorf("--port: %w", err)
+			}
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			p, err := l.AddPod(ctx, spec)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pod %s added: %s (netns %s)\n", p.Key(), p.IP, p.Netns)
+			return nil
+		},
+	}
+	add.Flags().StringVarP(&namespace, "namespace", "n", lab.DefaultPodNamespace, "pod namespace")
+	add.Flags().StringVarP(&labels, "labels", "l", "", "pod labels, KEY=VALUE,...")
+	add.Flags().StringVar(&ports, "port", "", "container ports, [NAME:]PORT[/tcp|/udp|/sctp],... (tcp/udp ones are also served)")
+	add.Flags().StringVar(&node, "node", lab.DefaultNode, "node to run the pod on")
+
+	var delNamespace string
+	del := &cobra.Command{
+		Use:     "del NAME",
+		Aliases: []string{"delete", "rm"},
+		Short:   "Remove a pod: server, CNI DEL, namespace",
+		Example: `  membrane lab pod del web
+  membrane lab pod del db --namespace prod`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := l.DelPod(ctx, delNamespace, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pod %s removed\n", lab.PodKey(delNamespace, args[0]))
+			return nil
+		},
+	}
+	del.Flags().StringVarP(&delNamespace, "namespace", "n", lab.DefaultPodNamespace, "pod namespace")
+
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the lab's pods",
+		Example: `  membrane lab pod list
+  membrane lab pod list -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			pods := l.Pods()
+			return renderOut(cmd, pods, func(w io.Writer) error { return renderPods(w, pods, nil) })
+		},
+	}
+	cmd.AddCommand(add, del, list)
+	return cmd
+}
+
+func newLabExecCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec POD -- COMMAND [ARG...]",
+		Short: "Run a command inside a pod's network namespace",
+		Long: `Run a command inside a pod's network namespace (ip netns exec). POD is
+NAMESPACE/NAME, or a NAME that is unique across namespaces.`,
+		Example: `  membrane lab exec web -- ip addr
+  membrane lab exec prod/db -- ping -c1 10.200.1.2
+  membrane lab exec web -- sh -c 'echo hi | nc -q1 10.200.1.3 8080'`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			err = l.Exec(ctx, args[0], args[1:], lab.Stdio{Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()})
+			var ee interface{ ExitCode() int }
+			if errors.As(err, &ee) {
+				return fmt.Errorf("command exited with status %d: %w", ee.ExitCode(), err)
+			}
+			return err
+		},
+	}
+}
+
+func newLabProbeCmd(f *labFlags) *cobra.Command {
+	var port uint16
+	var proto string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "probe",
+		Short: "Measure reachability between every pair of pods",
+		Long: `Connect from every pod to every pod's address (itself included) and print
+the matrix: rows are sources, columns destinations. tcp sends a line and
+expects the destination pod's server to answer with its name; udp expects
+a random token echoed; icmp sends one echo request.
+
+The exit status is 0 whatever the matrix shows; it is non-zero only when
+the probe itself could not run. Use -o json for scripts.`,
+		Example: `  membrane lab probe
+  membrane lab probe --proto udp --port 9090
+  membrane lab probe --proto icmp -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			m, err := l.Probe(ctx, lab.ProbeSpec{Port: port, Proto: proto, Timeout: timeout})
+			if err != nil {
+				return err
+			}
+			return renderOut(cmd, m, m.Render)
+		},
+	}
+	cmd.Flags().Uint16Var(&port, "port", lab.DefaultProbePort, "destination port (tcp, udp)")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp, udp or icmp")
+	cmd.Flags().DurationVar(&timeout, "timeout", lab.DefaultProbeTimeout, "timeout per pair")
+	return cmd
+}
+
+func newLabAgentCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Manage the lab's agents",
+	}
+	var node string
+	restart := &cobra.Command{
+		Use:   "restart",
+		Short: "Restart a node's agent (SIGTERM, start, wait until ready)",
+		Long: `Stop a node's agent with SIGTERM (SIGKILL after 15 s), start it again and
+wait until its API answers. BPF pins stay in place, so pod traffic should
+keep flowing; check with 'membrane lab probe' during and after.`,
+		Example: `  membrane lab agent restart
+  membrane lab agent restart --node node1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := l.RestartAgent(ctx, node); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "agent on %s restarted\n", node)
+			return nil
+		},
+	}
+	restart.Flags().StringVar(&node, "node", lab.DefaultNode, "node whose agent to restart")
+	cmd.AddCommand(restart)
+	return cmd
+}
+
+func newLabServeCmd() *cobra.Command {
+	var name, listen, tcp, udp string
+	cmd := &cobra.Command{
+		Use:    "serve",
+		Short:  "Run a pod's traffic server (started by the lab inside each pod)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := lab.ServeConfig{Name: name, Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))}
+			for a := range strings.SplitSeq(listen, ",") {
+				if a = strings.TrimSpace(a); a == "" {
+					continue
+				}
+				ip, err := netip.ParseAddr(a)
+				if err != nil {
+					return fmt.Errorf("--listen: %w", err)
+				}
+				cfg.Listen = append(cfg.Listen, ip)
+			}
+			var err error
+			if cfg.TCP, err = lab.ParsePortList(tcp); err != nil {
+				return fmt.Errorf("--tcp: %w", err)
+			}
+			if cfg.UDP, err = lab.ParsePortList(udp); err != nil {
+				return fmt.Errorf("--udp: %w", err)
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			return lab.Serve(ctx, cfg)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "pod name put in front of TCP replies")
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1", "addresses to bind, comma-separated")
+	cmd.Flags().StringVar(&tcp, "tcp", "", "TCP ports, comma-separated")
+	cmd.Flags().StringVar(&udp, "udp", "", "UDP ports, comma-separated")
+	return cmd
+}

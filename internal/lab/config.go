@@ -1,0 +1,251 @@
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Defaults.
+const (
+	DefaultName    = "demo"
+	DefaultBaseDir = "/var/lib/membrane-lab"
+	DefaultBPFRoot = "/sys/fs/bpf/membrane"
+	// DefaultNode is the name of the lab's (single, for now) node.
+	DefaultNode = "node1"
+	// DefaultPodNamespace is the pod namespace used when none is given.
+	DefaultPodNamespace = "default"
+
+	maxNameLen = 12
+	netnsDir   = "/run/netns"
+	// netnsPrefix starts every namespace a lab creates; deleteNetns refuses
+	// any other name.
+	netnsPrefix = "mbr-"
+	// maxNetnsName bounds pod namespace names; longer ones are shortened
+	// and suffixed with a hash.
+	maxNetnsName = 48
+)
+
+// DefaultPodCIDR is the node's pod CIDR unless configured.
+var DefaultPodCIDR = netip.MustParsePrefix("10.200.1.0/24")
+
+// DefaultServePorts are the ports every pod's traffic server listens on.
+var DefaultServePorts = []Port{{8080, "tcp"}, {9090, "tcp"}, {8080, "udp"}, {9090, "udp"}}
+
+// Port is a port number and a transport protocol ("tcp" or "udp").
+type Port struct {
+	Port  uint16 `json:"port"`
+	Proto string `json:"proto"`
+}
+
+func (p Port) String() string { return strconv.Itoa(int(p.Port)) + "/" + p.Proto }
+
+// Config describes a lab. The zero value of every field means its default.
+type Config struct {
+	// Name identifies the lab: [a-z0-9-], at most 12 characters, starting
+	// and ending with a letter or digit. Default "demo".
+	Name string
+	// Dir holds the lab's state, logs and sockets.
+	// Default /var/lib/membrane-lab/<Name>.
+	Dir string
+	// BinDir holds membrane-agent, membrane-cni and membrane. Default: the
+	// directory of the running executable, else $PATH, per binary.
+	BinDir string
+	// PodCIDR is node1's pod CIDR. Default 10.200.1.0/24.
+	PodCIDR netip.Prefix
+	// ServePorts are the ports every pod's traffic server listens on, in
+	// addition to the pod's own ports. Default 8080/tcp, 9090/tcp,
+	// 8080/udp, 9090/udp.
+	ServePorts []Port
+	// BPFRoot is the agent's --bpf-root; the node's pins live in
+	// BPFRoot/<Name>-<node>. Default /sys/fs/bpf/membrane.
+	BPFRoot string
+	// Logger receives progress messages. Default: discard.
+	Logger *slog.Logger
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// ValidateName checks a lab name.
+func ValidateName(name string) error {
+	if name == "" {
+		return errors.New("lab name is empty")
+	}
+	if len(name) > maxNameLen {
+		return fmt.Errorf("lab name %q is longer than %d characters", name, maxNameLen)
+	}
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("lab name %q: use lower-case letters, digits and '-', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// withDefaults returns c with every unset field filled in.
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.Dir == "" {
+		c.Dir = filepath.Join(DefaultBaseDir, c.Name)
+	}
+	if !c.PodCIDR.IsValid() {
+		c.PodCIDR = DefaultPodCIDR
+	}
+	if len(c.ServePorts) == 0 {
+		c.ServePorts = slices.Clone(DefaultServePorts)
+	}
+	if c.BPFRoot == "" {
+		c.BPFRoot = DefaultBPFRoot
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate checks a config after defaults are applied.
+func (c Config) Validate() error {
+	if err := ValidateName(c.Name); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(c.Dir) {
+		return fmt.Errorf("lab dir %q is not absolute", c.Dir)
+	}
+	// The agent's socket lives in the node dir; unix socket paths are
+	// limited to 107 bytes, and the agent puts its own sockets under it.
+	if n := len(c.Dir) + len("/node1/agent.sock"); n > 90 {
+		return fmt.Errorf("lab dir %q is too long for unix socket paths below it (keep it under %d characters)", c.Dir, 90-len("/node1/agent.sock"))
+	}
+	if c.BinDir != "" && !filepath.IsAbs(c.BinDir) {
+		return fmt.Errorf("bin dir %q is not absolute", c.BinDir)
+	}
+	if !filepath.IsAbs(c.BPFRoot) || filepath.Clean(c.BPFRoot) == "/" {
+		return fmt.Errorf("bpf root %q must be an absolute directory other than /", c.BPFRoot)
+	}
+	if !c.PodCIDR.Addr().Is4() || c.PodCIDR.Bits() > 30 || c.PodCIDR.Bits() < 8 {
+		return fmt.Errorf("pod CIDR %s: want an IPv4 prefix between /8 and /30", c.PodCIDR)
+	}
+	if c.PodCIDR != c.PodCIDR.Masked() {
+		return fmt.Errorf("pod CIDR %s has host bits set (did you mean %s?)", c.PodCIDR, c.PodCIDR.Masked())
+	}
+	for _, p := range c.ServePorts {
+		if err := p.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p Port) validate() error {
+	if p.Port == 0 {
+		return fmt.Errorf("port %s: port 0 is not allowed", p)
+	}
+	if p.Proto != "tcp" && p.Proto != "udp" {
+		return fmt.Errorf("port %s: protocol must be tcp or udp", p)
+	}
+	return nil
+}
+
+// ParsePort parses "8080/tcp", "53/udp" or "8080" (tcp).
+func ParsePort(s string) (Port, error) {
+	num, proto, found := strings.Cut(strings.TrimSpace(s), "/")
+	if !found {
+		proto = "tcp"
+	}
+	proto = strings.ToLower(proto)
+	n, err := strconv.ParseUint(num, 10, 16)
+	if err != nil {
+		return Port{}, fmt.Errorf("parse port %q: want NUMBER[/tcp|/udp]", s)
+	}
+	p := Port{Port: uint16(n), Proto: proto}
+	if err := p.validate(); err != nil {
+		return Port{}, err
+	}
+	return p, nil
+}
+
+// ParsePorts parses a comma-separated list of ParsePort items; duplicates
+// are removed.
+func ParsePorts(s string) ([]Port, error) {
+	var out []Port
+	for item := range strings.SplitSeq(s, ",") {
+		if strings.TrimSpace(item) == "" {
+			continue
+		}
+		p, err := ParsePort(item)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// podNameRE is a Kubernetes DNS label (namespaces) or subdomain (pod names)
+// restricted to what is safe in file and namespace names.
+var podNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`)
+
+// ValidatePodName checks a pod's namespace and name.
+func ValidatePodName(namespace, name string) error {
+	if len(namespace) > 63 || !podNameRE.MatchString(namespace) || strings.Contains(namespace, ".") {
+		return fmt.Errorf("pod namespace %q: want a DNS label (lower-case letters, digits, '-', at most 63)", namespace)
+	}
+	if len(name) > 253 || !podNameRE.MatchString(name) {
+		return fmt.Errorf("pod name %q: want lower-case letters, digits, '-' and '.', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// nodeNetnsName is the network namespace of a node.
+func nodeNetnsName(lab, node string) string { return netnsPrefix + lab + "-" + node }
+
+// agentNodeName is the node name given to the agent; it names the BPF pin
+// directory and must be unique per lab.
+func agentNodeName(lab, node string) string { return lab + "-" + node }
+
+// podNetnsName is the readable netns name of a pod; hashed is the fallback
+// used when the readable one is too long or already taken (two different
+// pods may map to the same readable name: a-b/c and a/b-c).
+func podNetnsName(lab, namespace, name string, hashed bool) string {
+	readable := netnsPrefix + lab + "-" + namespace + "-" + name
+	if !hashed && len(readable) <= maxNetnsName {
+		return readable
+	}
+	sum := sha256.Sum256([]byte(namespace + "/" + name))
+	h := hex.EncodeToString(sum[:4])
+	keep := maxNetnsName - len(h) - 1
+	if len(readable) < keep {
+		keep = len(readable)
+	}
+	return strings.TrimRight(readable[:keep], "-.") + "-" + h
+}
+
+// PodKey is how pods are named in matrices and commands: "namespace/name".
+func PodKey(namespace, name string) string { return namespace + "/" + name }
+
+// ParseLabels parses "k=v,k2=v2".
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(item, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("parse label %q: want KEY=VALUE", item)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
