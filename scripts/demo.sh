@@ -31,6 +31,7 @@ $M lab pod add db      --namespace shop --labels app=db --port pg:9090/tcp
 $M lab pod add client  --namespace tools --labels app=client
 $M lab pod list
 
+# Point the agent commands at the lab node's agent.
 SOCK=$($M lab status -o json | sed -n 's/.*"socket": *"\([^"]*\)".*/\1/p' | head -1)
 export MEMBRANE_SOCKET=$SOCK
 
@@ -50,8 +51,11 @@ $M lab probe --port 9090 --proto udp
 step "connectivity matrix: ICMP"
 $M lab probe --proto icmp
 
-step "a pod reaches the node (router address) and another pod by hand"
-$M lab exec tools/client -- ping -c 2 -W 1 "$($M endpoint get shop/db -o json | sed -n 's/.*"ipv4": *"\([^"]*\)".*/\1/p')"
+step "by hand: a pod pings the node's router address, then another pod"
+ROUTER=$($M status -o json | sed -n 's/.*"routerIP": *"\([^"]*\)".*/\1/p')
+DB=$($M endpoint get shop/db -o json | sed -n 's/.*"ipv4": *"\([^"]*\)".*/\1/p')
+$M lab exec tools/client -- ping -c 1 -W 1 "$ROUTER"
+$M lab exec tools/client -- ping -c 1 -W 1 "$DB"
 
 if [ "${DEMO_KEEP:-1}" = 0 ]; then
 	step "lab down"
