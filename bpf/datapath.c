@@ -3,11 +3,17 @@
  *
  * from_container: tcx ingress of each endpoint's host-side veth (lxc...),
  *   i.e. packets leaving a pod. Answers ARP for the router, enforces the
- *   source address, delivers to local endpoints with bpf_redirect_peer and
+ *   source address, tracks connections, applies the source's egress policy
+ *   and, for a local destination, that endpoint's ingress policy to new
+ *   connections, then delivers to local endpoints with bpf_redirect_peer and
  *   hands everything else to the host stack.
  * from_host: tcx ingress of mbr_net, the peer of mbr_host. The host stack
  *   routes the pod CIDR out of mbr_host, so host-originated and forwarded
- *   traffic for local pods arrives here and is delivered to the pod.
+ *   traffic for local pods arrives here; new connections pass the
+ *   destination's ingress policy, then the packet is delivered to the pod.
+ *
+ * Replies and further packets of a tracked connection pass without policy
+ * lookups. Every exit counts one verdict in mbr_metrics (metrics.h).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -17,8 +23,13 @@
 #include <bpf/bpf_endian.h>
 
 #include "common.h"
+#include "drop.h"
 #include "maps.h"
 #include "eth.h"
+#include "l4.h"
+#include "ct.h"
+#include "policy.h"
+#include "metrics.h"
 
 /* Router IPv4 address (first address of the node's pod CIDR, on mbr_host),
  * network byte order. Set by the loader through CollectionSpec.Variables. */
@@ -38,25 +49,25 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 
 	/* Truncated ARP: not ours to judge, the stack discards it. */
 	if ((void *)(arp + 1) > data_end)
-		return TC_ACT_OK;
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 
 	/* Only Ethernet/IPv4 requests are answered here. */
 	if (arp->hrd != bpf_htons(MBR_ARPHRD_ETHER) ||
 	    arp->pro != bpf_htons(ETH_P_IP) ||
 	    arp->hln != ETH_ALEN || arp->pln != 4 ||
 	    arp->op != bpf_htons(MBR_ARPOP_REQUEST))
-		return TC_ACT_OK;
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 
 	/* ARP for someone other than the router: leave it to the stack. */
 	if (arp->tip != ROUTER_IP4)
-		return TC_ACT_OK;
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 
 	/* Unknown sender, or a known one on the wrong lxc: drop. Passing it on
 	 * would let the host stack answer (arp_ignore=0) for a spoofed sender. */
 	sender_ip = arp->sip;
 	ep = lookup_endpoint4(sender_ip);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
 
 	/* Turn the request into a reply in place. */
 	mac_copy(eth->h_dest, eth->h_source);
@@ -67,7 +78,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	mac_copy(arp->sha, ep->host_mac);
 	arp->sip = ROUTER_IP4;
 
-	return bpf_redirect(skb->ifindex, 0);
+	return pass(skb, bpf_redirect(skb->ifindex, 0), MBR_DIR_EGRESS);
 }
 
 static __always_inline int ipv4_from_container(struct __sk_buff *skb)
@@ -77,35 +88,73 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
 	struct endpoint_info *src, *dst;
-	__u32 dst_ifindex;
+	struct flow4 flow = {};
+	__u32 peer_id, cidr_id, cookie, dst_ifindex;
+	__u32 len = skb->len;
+	__u64 now = bpf_ktime_get_ns();
+	int reason;
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 	if (ip4->version != 4 || ip4->ihl < 5)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
 	/* Anti-spoofing: the source must be the endpoint behind this lxc. */
 	src = lookup_endpoint4(ip4->saddr);
 	if (!src || src->ifindex != skb->ifindex)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
+
+	/* Truncated L4 header of a first fragment: drop. */
+	if (parse_flow4(skb, ip4, &flow) < 0)
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+
+	dst = lookup_endpoint4(flow.daddr);
+
+	/* Only the first packet of a connection meets policy. */
+	if (ct_lookup4(&flow, len, now) == CT_NEW) {
+		/* Egress policy of the source. A local destination's identity
+		 * comes from the endpoint map, which is authoritative on this
+		 * node; its CIDR identity from the ipcache. */
+		if (src->flags & MBR_EP_F_EGRESS_ENFORCED) {
+			ipcache_lookup4(flow.daddr, &peer_id, &cidr_id);
+			if (dst && dst->identity)
+				peer_id = dst->identity;
+			reason = policy_check(src->ep_id, 1, peer_id, cidr_id, flow.protocol,
+					      flow.policy_dport, &cookie);
+			if (reason != MBR_FORWARDED)
+				return drop(skb, reason, MBR_DIR_EGRESS);
+		}
+		/* Ingress policy of a local destination, on its behalf: the
+		 * packet is redirected straight into its pod. */
+		if (dst && (dst->flags & MBR_EP_F_INGRESS_ENFORCED)) {
+			ipcache_lookup4(flow.saddr, &peer_id, &cidr_id);
+			reason = policy_check(dst->ep_id, 0, src->identity, cidr_id, flow.protocol,
+					      flow.policy_dport, &cookie);
+			if (reason != MBR_FORWARDED)
+				return drop(skb, reason, MBR_DIR_INGRESS);
+		}
+		/* Never pass an untracked connection: its replies would be
+		 * judged as new connections of the peer. */
+		if (ct_create4(&flow, src->identity, len, now) < 0)
+			return drop(skb, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
+	}
 
 	/* Not a local endpoint: the host stack routes it. */
-	dst = lookup_endpoint4(ip4->daddr);
 	if (!dst)
-		return TC_ACT_OK;
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 
 	/* TTL expires here: the stack drops it and sends ICMP time exceeded. */
 	if (ip4->ttl <= 1)
-		return TC_ACT_OK;
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 
 	/* Direct writes first; ip4_dec_ttl invalidates packet pointers. */
 	eth_to_endpoint(eth, dst);
 	dst_ifindex = dst->ifindex;
 	if (ip4_dec_ttl(skb, ip4) < 0)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
-	return bpf_redirect_peer(dst_ifindex, 0);
+	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_EGRESS);
 }
 
 SEC("tcx/ingress")
@@ -117,7 +166,7 @@ int from_container(struct __sk_buff *skb)
 
 	/* Shorter than an Ethernet header: drop. */
 	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_ARP):
@@ -125,8 +174,9 @@ int from_container(struct __sk_buff *skb)
 	case bpf_htons(ETH_P_IP):
 		return ipv4_from_container(skb);
 	default:
-		/* IPv6 and the rest: the host stack, until they are handled here. */
-		return TC_ACT_OK;
+		/* IPv6 and the rest: the host stack, until they are handled here
+		 * (no policy for them yet). */
+		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 	}
 }
 
@@ -138,27 +188,56 @@ int from_host(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
 	struct endpoint_info *dst;
+	struct flow4 flow = {};
+	__u32 peer_id, cidr_id, cookie, dst_ifindex;
+	__u32 len = skb->len;
+	__u64 now = bpf_ktime_get_ns();
+	int reason;
 
-	/* Shorter than Ethernet + IPv4: drop. */
-	if ((void *)(ip4 + 1) > data_end)
-		return TC_ACT_SHOT;
+	/* Shorter than an Ethernet header: drop. */
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 
 	/* Only IPv4 for local pods belongs here: mbr_host is NOARP and carries
 	 * just the pod CIDR route. ARP, IPv6 (e.g. link-local chatter of
 	 * mbr_host) and anything else are dropped. */
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
+
+	/* Truncated or malformed IPv4 header: drop. */
+	if ((void *)(ip4 + 1) > data_end)
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 	if (ip4->version != 4 || ip4->ihl < 5)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 
 	/* No such endpoint (e.g. just deleted): drop rather than loop back. */
 	dst = lookup_endpoint4(ip4->daddr);
 	if (!dst)
-		return TC_ACT_SHOT;
+		return drop(skb, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
+
+	/* Truncated L4 header of a first fragment: drop. */
+	if (parse_flow4(skb, ip4, &flow) < 0)
+		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	/* Replies to connections the pod opened, and further packets of
+	 * connections into the pod, pass; a new connection meets the pod's
+	 * ingress policy with the source's identity from the ipcache. */
+	if (ct_lookup4(&flow, len, now) == CT_NEW) {
+		ipcache_lookup4(flow.saddr, &peer_id, &cidr_id);
+		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
+			reason = policy_check(dst->ep_id, 0, peer_id, cidr_id, flow.protocol,
+					      flow.policy_dport, &cookie);
+			if (reason != MBR_FORWARDED)
+				return drop(skb, reason, MBR_DIR_INGRESS);
+		}
+		if (ct_create4(&flow, peer_id, len, now) < 0)
+			return drop(skb, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+	}
 
 	/* The host stack already decremented the TTL when it routed the packet. */
 	eth_to_endpoint(eth, dst);
-	return bpf_redirect_peer(dst->ifindex, 0);
+	dst_ifindex = dst->ifindex;
+	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Shared structs and constants of the Membrane datapath. The Go side gets
- * these types through bpf2go (-type endpoint_key -type endpoint_info), so
- * every layout change here is a change of the pinned map format: keep the
+ * these types through bpf2go (-type ..., see internal/datapath/loader/gen.go),
+ * so every layout change here is a change of the pinned map format: keep the
  * structs free of implicit padding and bump nothing silently.
  */
 #ifndef __MBR_COMMON_H
@@ -24,16 +24,131 @@ struct endpoint_key {
 	__u8 pad[3];
 };
 
-/* Value of mbr_endpoints: how to deliver to a local endpoint.
+/* endpoint_info.flags: which directions of the endpoint's traffic are
+ * subject to its policy map. A direction without its flag allows everything
+ * (Kubernetes: no policy selects the endpoint for that direction). */
+#define MBR_EP_F_INGRESS_ENFORCED 0x1
+#define MBR_EP_F_EGRESS_ENFORCED  0x2
+
+/* Value of mbr_endpoints: how to deliver to a local endpoint, and who it is.
  * 24 bytes, 4-byte aligned, no implicit padding.
  */
 struct endpoint_info {
 	__u32 ifindex;     /* host-side (lxc) veth ifindex */
 	__u8 pod_mac[6];   /* MAC of eth0 inside the pod */
 	__u8 host_mac[6];  /* MAC of the host-side lxc veth; the pod's router MAC */
-	__u16 ep_id;       /* endpoint id assigned by the agent */
-	__u16 flags;       /* reserved for endpoint flags, 0 today */
-	__u32 reserved;    /* must be zero */
+	__u16 ep_id;       /* endpoint id assigned by the agent; key of mbr_policy */
+	__u16 flags;       /* MBR_EP_F_* */
+	__u32 identity;    /* security identity of the endpoint */
+};
+
+/* Reserved security identities (the same on every node). Cluster identities
+ * are 256..2^24-1; node-local CIDR identities have bit 24 set. */
+#define MBR_ID_ANY         0 /* policy_key.identity: any peer */
+#define MBR_ID_HOST        1
+#define MBR_ID_WORLD       2
+#define MBR_ID_UNMANAGED   3
+#define MBR_ID_HEALTH      4
+#define MBR_ID_INIT        5
+#define MBR_ID_REMOTE_NODE 6
+
+/* Key of mbr_ipcache (LPM trie). prefixlen counts the 32 bits of
+ * family + pad and then the address prefix bits: an IPv4 /24 has prefixlen
+ * 32 + 24, an IPv4 host 32 + 32. addr as in endpoint_key. pad must be zero.
+ * 24 bytes. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+/* Full prefix length of an IPv4 ipcache lookup (family + pad + 32 bits). */
+#define MBR_IPCACHE_PREFIX4 (32 + 32)
+
+/* Value of mbr_ipcache. 16 bytes. */
+struct ipcache_value {
+	__u32 identity;        /* identity of the address or prefix */
+	__u32 cidr_identity;   /* endpoint /32: CIDR identity of the most specific
+				* policy CIDR containing it, 0 if none; other
+				* prefixes: equal to identity */
+	__u32 tunnel_endpoint; /* unused (0): future overlay */
+	__u32 flags;           /* unused (0) */
+};
+
+/* Key of an endpoint's policy map (the inner LPM trie of mbr_policy). The
+ * identity is in network byte order so that the byte-wise LPM match sees
+ * identity, direction, protocol and port in that order. prefixlen is
+ * 40 (identity + direction: any protocol and port), 48 (+ protocol: any port)
+ * or 48 + n (n leading bits of dport, 1..16; 64 is one exact port).
+ * Identity MBR_ID_ANY (0) matches any peer. For ICMP, dport holds the ICMP
+ * type (bpf_htons(type)). 12 bytes. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 identity;  /* network byte order */
+	__u8 egress;     /* 1: egress of the endpoint, 0: ingress */
+	__u8 protocol;   /* IPPROTO_*; 0 only with prefixlen 40 */
+	__be16 dport;
+};
+
+/* Full prefix length of a policy lookup. */
+#define MBR_POLICY_PREFIX_FULL 64
+
+/* Value of an endpoint's policy map. 8 bytes. */
+struct policy_value {
+	__u8 deny;       /* 1: deny rule (wins over allows), 0: allow */
+	__u8 pad[3];
+	__u32 cookie;    /* identifies the deciding rule; opaque to BPF */
+};
+
+/* Key of mbr_ct_tcp and mbr_ct_any, always in the original direction of the
+ * connection (the direction of its first packet); a reply is found by
+ * looking up the reversed tuple. Addresses as in endpoint_key. For ICMP
+ * echo, the echo id takes the place of a port: a request (type 8) has
+ * sport = id, dport = 0, a reply (type 0) sport = 0, dport = id, so that the
+ * reversed tuple of a reply is the tuple of its request. Other ICMP types
+ * and other protocols, and non-first fragments, have both ports 0.
+ * pad must be zero. 40 bytes. */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;
+	__u8 pad[2];
+};
+
+/* ct_entry.flags */
+#define MBR_CT_F_SEEN_REPLY 0x1 /* a packet in the reply direction passed */
+#define MBR_CT_F_TX_CLOSING 0x2 /* FIN (or RST) in the original direction */
+#define MBR_CT_F_RX_CLOSING 0x4 /* FIN (or RST) in the reply direction */
+#define MBR_CT_F_CLOSING    (MBR_CT_F_TX_CLOSING | MBR_CT_F_RX_CLOSING)
+
+/* Value of the conntrack maps. 32 bytes. */
+struct ct_entry {
+	__u64 expires;       /* bpf_ktime_get_ns() deadline; past it the entry is absent */
+	__u32 flags;         /* MBR_CT_F_* */
+	__u32 src_identity;  /* identity of the original source */
+	__u64 packets;       /* both directions */
+	__u64 bytes;
+};
+
+/* Key of mbr_metrics. reason is 0 (forwarded) or an MBR_DROP_* reason of
+ * drop.h; dir is the direction from the endpoint's point of view. 4 bytes. */
+struct metrics_key {
+	__u8 reason;
+	__u8 dir;        /* MBR_DIR_INGRESS or MBR_DIR_EGRESS */
+	__u8 pad[2];
+};
+
+#define MBR_DIR_INGRESS 0
+#define MBR_DIR_EGRESS  1
+
+/* Value of mbr_metrics, per CPU. 16 bytes. */
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
 };
 
 /* ARP constants (RFC 826). Defined here because <linux/if_arp.h> pulls in

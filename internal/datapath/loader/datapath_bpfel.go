@@ -13,6 +13,26 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type datapathCtEntry struct {
+	_           structs.HostLayout
+	Expires     uint64
+	Flags       uint32
+	SrcIdentity uint32
+	Packets     uint64
+	Bytes       uint64
+}
+
+type datapathCtKey struct {
+	_        structs.HostLayout
+	Saddr    [16]uint8
+	Daddr    [16]uint8
+	Sport    uint16
+	Dport    uint16
+	Protocol uint8
+	Family   uint8
+	Pad      [2]uint8
+}
+
 type datapathEndpointInfo struct {
 	_        structs.HostLayout
 	Ifindex  uint32
@@ -20,7 +40,7 @@ type datapathEndpointInfo struct {
 	HostMac  [6]uint8
 	EpId     uint16
 	Flags    uint16
-	Reserved uint32
+	Identity uint32
 }
 
 type datapathEndpointKey struct {
@@ -30,14 +50,68 @@ type datapathEndpointKey struct {
 	Pad    [3]uint8
 }
 
+type datapathIpcacheKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint8
+	Pad       [3]uint8
+	Addr      [16]uint8
+}
+
+type datapathIpcacheValue struct {
+	_              structs.HostLayout
+	Identity       uint32
+	CidrIdentity   uint32
+	TunnelEndpoint uint32
+	Flags          uint32
+}
+
+type datapathMetricsKey struct {
+	_      structs.HostLayout
+	Reason uint8
+	Dir    uint8
+	Pad    [2]uint8
+}
+
+type datapathMetricsValue struct {
+	_       structs.HostLayout
+	Packets uint64
+	Bytes   uint64
+}
+
+type datapathPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Identity  uint32
+	Egress    uint8
+	Protocol  uint8
+	Dport     uint16
+}
+
+type datapathPolicyValue struct {
+	_      structs.HostLayout
+	Deny   uint8
+	Pad    [3]uint8
+	Cookie uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapMbrEndpoints   = "mbr_endpoints"
-	datapathProgFromContainer = "from_container"
-	datapathProgFromHost      = "from_host"
-	datapathVarROUTER_IP4     = "ROUTER_IP4"
+	datapathMapMbrCtAny                    = "mbr_ct_any"
+	datapathMapMbrCtTcp                    = "mbr_ct_tcp"
+	datapathMapMbrEndpoints                = "mbr_endpoints"
+	datapathMapMbrIpcache                  = "mbr_ipcache"
+	datapathMapMbrMetrics                  = "mbr_metrics"
+	datapathMapMbrPolicy                   = "mbr_policy"
+	datapathProgFromContainer              = "from_container"
+	datapathProgFromHost                   = "from_host"
+	datapathVarCT_LIFETIME_ANY             = "CT_LIFETIME_ANY"
+	datapathVarCT_LIFETIME_TCP_CLOSE       = "CT_LIFETIME_TCP_CLOSE"
+	datapathVarCT_LIFETIME_TCP_ESTABLISHED = "CT_LIFETIME_TCP_ESTABLISHED"
+	datapathVarCT_LIFETIME_TCP_SYN         = "CT_LIFETIME_TCP_SYN"
+	datapathVarROUTER_IP4                  = "ROUTER_IP4"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -90,14 +164,23 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
+	MbrCtAny     *ebpf.MapSpec `ebpf:"mbr_ct_any"`
+	MbrCtTcp     *ebpf.MapSpec `ebpf:"mbr_ct_tcp"`
 	MbrEndpoints *ebpf.MapSpec `ebpf:"mbr_endpoints"`
+	MbrIpcache   *ebpf.MapSpec `ebpf:"mbr_ipcache"`
+	MbrMetrics   *ebpf.MapSpec `ebpf:"mbr_metrics"`
+	MbrPolicy    *ebpf.MapSpec `ebpf:"mbr_policy"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
-	ROUTER_IP4 *ebpf.VariableSpec `ebpf:"ROUTER_IP4"`
+	CT_LIFETIME_ANY             *ebpf.VariableSpec `ebpf:"CT_LIFETIME_ANY"`
+	CT_LIFETIME_TCP_CLOSE       *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_CLOSE"`
+	CT_LIFETIME_TCP_ESTABLISHED *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
+	CT_LIFETIME_TCP_SYN         *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_SYN"`
+	ROUTER_IP4                  *ebpf.VariableSpec `ebpf:"ROUTER_IP4"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -120,12 +203,22 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
+	MbrCtAny     *ebpf.Map `ebpf:"mbr_ct_any"`
+	MbrCtTcp     *ebpf.Map `ebpf:"mbr_ct_tcp"`
 	MbrEndpoints *ebpf.Map `ebpf:"mbr_endpoints"`
+	MbrIpcache   *ebpf.Map `ebpf:"mbr_ipcache"`
+	MbrMetrics   *ebpf.Map `ebpf:"mbr_metrics"`
+	MbrPolicy    *ebpf.Map `ebpf:"mbr_policy"`
 }
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.MbrCtAny,
+		m.MbrCtTcp,
 		m.MbrEndpoints,
+		m.MbrIpcache,
+		m.MbrMetrics,
+		m.MbrPolicy,
 	)
 }
 
@@ -133,7 +226,11 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
-	ROUTER_IP4 *ebpf.Variable `ebpf:"ROUTER_IP4"`
+	CT_LIFETIME_ANY             *ebpf.Variable `ebpf:"CT_LIFETIME_ANY"`
+	CT_LIFETIME_TCP_CLOSE       *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_CLOSE"`
+	CT_LIFETIME_TCP_ESTABLISHED *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
+	CT_LIFETIME_TCP_SYN         *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_SYN"`
+	ROUTER_IP4                  *ebpf.Variable `ebpf:"ROUTER_IP4"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

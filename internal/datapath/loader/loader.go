@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -12,14 +13,39 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
-// DefaultEndpointMapSize is the default capacity of the endpoint map.
-const DefaultEndpointMapSize = 65536
+// Default map capacities (bpf/include/maps.h).
+const (
+	DefaultEndpointMapSize = 65536   // endpoints, and endpoints with a policy map
+	DefaultIPCacheSize     = 524288  // ipcache prefixes
+	DefaultPolicyMapSize   = 16384   // entries of one endpoint's policy map
+	DefaultCTTCPSize       = 1048576 // TCP connections
+	DefaultCTAnySize       = 262144  // other flows
+)
+
+// Default conntrack lifetimes (bpf/include/ct.h).
+const (
+	DefaultCTTCPSyn         = 60 * time.Second
+	DefaultCTTCPEstablished = 21600 * time.Second
+	DefaultCTTCPClose       = 10 * time.Second
+	DefaultCTAny            = 60 * time.Second
+)
+
+// Endpoint flags (EndpointInfo.Flags), as MBR_EP_F_* in bpf/include/common.h.
+const (
+	// FlagIngressEnforced subjects new connections into the endpoint to
+	// its policy map; without it ingress allows everything.
+	FlagIngressEnforced uint16 = 0x1
+	// FlagEgressEnforced subjects new connections from the endpoint to its
+	// policy map; without it egress allows everything.
+	FlagEgressEnforced uint16 = 0x2
+)
 
 // linksDir is the directory under Config.PinDir holding pinned tcx links.
 const linksDir = "links"
@@ -39,12 +65,45 @@ var (
 	ErrNotSupported = errors.New("not supported yet")
 )
 
-// Config configures the datapath of one node.
+// Config configures the datapath of one node. Sizes are map capacities; a
+// pinned map of another size is refused at Load, not replaced.
 type Config struct {
 	PinDir          string     // e.g. /sys/fs/bpf/membrane/<node>; maps pinned here, links under PinDir/links/
 	RouterIPv4      netip.Addr // first address of the node pod CIDR
-	EndpointMapSize uint32     // 0 = default 65536
+	EndpointMapSize uint32     // 0 = default 65536; also the number of endpoint policy maps
+	IPCacheSize     uint32     // 0 = default 524288
+	PolicyMapSize   uint32     // 0 = default 16384, entries per endpoint policy map
+	CTTCPSize       uint32     // 0 = default 1048576
+	CTAnySize       uint32     // 0 = default 262144
+	CTTimeouts      CTTimeouts // zero fields = defaults
 	Logger          *slog.Logger
+}
+
+// CTTimeouts are the conntrack lifetimes: how long an idle connection stays
+// tracked. Zero fields take the defaults.
+type CTTimeouts struct {
+	TCPSyn         time.Duration // TCP until a reply was seen; default 60s
+	TCPEstablished time.Duration // TCP after a reply; default 6h
+	TCPClose       time.Duration // TCP after FIN in both directions or RST; default 10s
+	Any            time.Duration // all other protocols; default 60s
+}
+
+// withDefaults returns t with zero fields set to the defaults.
+func (t CTTimeouts) withDefaults() CTTimeouts {
+	for _, f := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&t.TCPSyn, DefaultCTTCPSyn},
+		{&t.TCPEstablished, DefaultCTTCPEstablished},
+		{&t.TCPClose, DefaultCTTCPClose},
+		{&t.Any, DefaultCTAny},
+	} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	return t
 }
 
 // Validate checks the config without touching the kernel.
@@ -67,23 +126,43 @@ func (c Config) Validate() error {
 	if c.RouterIPv4.IsUnspecified() {
 		return fmt.Errorf("router address %s is unspecified", c.RouterIPv4)
 	}
+	t := c.CTTimeouts
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"TCP SYN", t.TCPSyn}, {"TCP established", t.TCPEstablished},
+		{"TCP close", t.TCPClose}, {"non-TCP", t.Any},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("conntrack %s timeout %s is negative", f.name, f.v)
+		}
+	}
 	return nil
 }
 
-func (c Config) endpointMapSize() uint32 {
-	if c.EndpointMapSize == 0 {
-		return DefaultEndpointMapSize
+func orDefault(v, def uint32) uint32 {
+	if v == 0 {
+		return def
 	}
-	return c.EndpointMapSize
+	return v
 }
 
-// EndpointInfo is how the datapath delivers to a local endpoint.
+func (c Config) endpointMapSize() uint32 { return orDefault(c.EndpointMapSize, DefaultEndpointMapSize) }
+func (c Config) ipcacheSize() uint32     { return orDefault(c.IPCacheSize, DefaultIPCacheSize) }
+func (c Config) policyMapSize() uint32   { return orDefault(c.PolicyMapSize, DefaultPolicyMapSize) }
+func (c Config) ctTCPSize() uint32       { return orDefault(c.CTTCPSize, DefaultCTTCPSize) }
+func (c Config) ctAnySize() uint32       { return orDefault(c.CTAnySize, DefaultCTAnySize) }
+
+// EndpointInfo is how the datapath delivers to a local endpoint and who
+// the endpoint is for policy.
 type EndpointInfo struct {
 	IfIndex    uint32           // host-side lxc ifindex
 	PodMAC     net.HardwareAddr // MAC of eth0 in the pod
 	HostMAC    net.HardwareAddr // MAC of the lxc; the pod's router MAC
-	EndpointID uint16
-	Flags      uint16
+	EndpointID uint16           // key of the endpoint's policy map
+	Flags      uint16           // FlagIngressEnforced, FlagEgressEnforced
+	Identity   uint32           // security identity of the endpoint
 }
 
 // EndpointEntry is one entry of the endpoint map.
@@ -99,8 +178,14 @@ type Datapath struct {
 
 	objs datapathObjects
 
+	// policyInner is the spec of one endpoint policy map (the inner map
+	// of mbr_policy) with this config's size.
+	policyInner *ebpf.MapSpec
+
 	mu    sync.Mutex
 	links map[string]link.Link // by pin name, e.g. lxc_lxc1234
+
+	policyMu sync.Mutex // serialises changes of endpoint policy maps
 }
 
 // Load loads the datapath, reusing maps pinned under cfg.PinDir.
@@ -127,13 +212,25 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	if err := spec.Variables[datapathVarROUTER_IP4].Set(cfg.RouterIPv4.As4()); err != nil {
 		return nil, fmt.Errorf("load datapath: set ROUTER_IP4 to %s: %w", cfg.RouterIPv4, err)
 	}
+	if err := setCTTimeouts(spec, cfg.CTTimeouts.withDefaults()); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
 	spec.Maps[datapathMapMbrEndpoints].MaxEntries = cfg.endpointMapSize()
+	spec.Maps[datapathMapMbrIpcache].MaxEntries = cfg.ipcacheSize()
+	spec.Maps[datapathMapMbrPolicy].MaxEntries = cfg.endpointMapSize()
+	spec.Maps[datapathMapMbrCtTcp].MaxEntries = cfg.ctTCPSize()
+	spec.Maps[datapathMapMbrCtAny].MaxEntries = cfg.ctAnySize()
+	inner := spec.Maps[datapathMapMbrPolicy].InnerMap
+	if inner == nil {
+		return nil, fmt.Errorf("load datapath: map %s has no inner map spec", datapathMapMbrPolicy)
+	}
+	inner.MaxEntries = cfg.policyMapSize()
 
 	if err := checkPinnedMaps(spec, cfg.PinDir); err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 
-	d := &Datapath{cfg: cfg, log: log, links: make(map[string]link.Link)}
+	d := &Datapath{cfg: cfg, log: log, links: make(map[string]link.Link), policyInner: inner.Copy()}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		var verr *ebpf.VerifierError
@@ -145,6 +242,21 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	log.Debug("datapath loaded", "pin_dir", cfg.PinDir, "router_ipv4", cfg.RouterIPv4,
 		"endpoint_map_capacity", d.EndpointMapCapacity())
 	return d, nil
+}
+
+// setCTTimeouts sets the conntrack lifetimes (nanoseconds) of ct.h.
+func setCTTimeouts(spec *ebpf.CollectionSpec, t CTTimeouts) error {
+	for name, v := range map[string]time.Duration{
+		datapathVarCT_LIFETIME_TCP_SYN:         t.TCPSyn,
+		datapathVarCT_LIFETIME_TCP_ESTABLISHED: t.TCPEstablished,
+		datapathVarCT_LIFETIME_TCP_CLOSE:       t.TCPClose,
+		datapathVarCT_LIFETIME_ANY:             t.Any,
+	} {
+		if err := spec.Variables[name].Set(uint64(v.Nanoseconds())); err != nil {
+			return fmt.Errorf("set %s to %s: %w", name, v, err)
+		}
+	}
+	return nil
 }
 
 // checkBPFFS reports an error if dir is not on a BPF filesystem: pins
@@ -162,9 +274,12 @@ func checkBPFFS(dir string) error {
 
 // checkPinnedMaps compares each map the spec pins by name with an existing
 // pin. An incompatible pin (e.g. another size) is reported by name and path
-// rather than replaced: replacing it would lose every endpoint.
+// rather than replaced: replacing it would lose every endpoint. All
+// incompatible pins are reported, in name order.
 func checkPinnedMaps(spec *ebpf.CollectionSpec, pinDir string) error {
-	for name, ms := range spec.Maps {
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(spec.Maps)) {
+		ms := spec.Maps[name]
 		if ms.Pinning != ebpf.PinByName {
 			continue
 		}
@@ -179,11 +294,11 @@ func checkPinnedMaps(spec *ebpf.CollectionSpec, pinDir string) error {
 		err = ms.Compatible(m)
 		m.Close()
 		if err != nil {
-			return fmt.Errorf("pinned map %s at %s does not match this datapath "+
-				"(remove it to recreate it, losing its entries): %w", name, path, err)
+			errs = append(errs, fmt.Errorf("pinned map %s at %s does not match this datapath "+
+				"(remove it to recreate it, losing its entries): %w", name, path, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Close releases the agent's file descriptors. Pins stay, so programs stay
@@ -480,6 +595,7 @@ func endpointValue(info EndpointInfo) (datapathEndpointInfo, error) {
 	copy(val.HostMac[:], info.HostMAC)
 	val.EpId = info.EndpointID
 	val.Flags = info.Flags
+	val.Identity = info.Identity
 	return val, nil
 }
 
@@ -490,6 +606,7 @@ func endpointInfo(val datapathEndpointInfo) EndpointInfo {
 		HostMAC:    slices.Clone(net.HardwareAddr(val.HostMac[:])),
 		EndpointID: val.EpId,
 		Flags:      val.Flags,
+		Identity:   val.Identity,
 	}
 }
 

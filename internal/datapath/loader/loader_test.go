@@ -50,6 +50,7 @@ func testEndpoint(ifindex uint32, id uint16) EndpointInfo {
 		HostMAC:    mac("02:00:00:00:02:02"),
 		EndpointID: id,
 		Flags:      0x5,
+		Identity:   70000 + uint32(id),
 	}
 }
 

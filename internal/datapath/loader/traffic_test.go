@@ -1,9 +1,11 @@
 package loader
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -195,9 +197,15 @@ func TestTraffic(t *testing.T) {
 	if err := dp.AttachHost(hostPair.name, hostPair.index); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []testPod{podA, podB} {
-		if err := dp.UpsertEndpoint(p.ip, EndpointInfo{IfIndex: uint32(p.lxc.index),
-			PodMAC: p.lxc.peerMAC, HostMAC: p.lxc.mac}); err != nil {
+	epInfo := func(p testPod, id uint16, identity uint32, flags uint16) EndpointInfo {
+		return EndpointInfo{IfIndex: uint32(p.lxc.index), PodMAC: p.lxc.peerMAC, HostMAC: p.lxc.mac,
+			EndpointID: id, Identity: identity, Flags: flags}
+	}
+	for i, p := range []testPod{podA, podB} {
+		if err := dp.UpsertEndpoint(p.ip, epInfo(p, uint16(i+1), idA+uint32(i), 0)); err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.UpsertIPCache(IPCacheEntry{Prefix: netip.PrefixFrom(p.ip, 32), Identity: idA + uint32(i)}); err != nil {
 			t.Fatal(err)
 		}
 		if err := dp.AttachEndpoint(p.lxc.name, p.lxc.index); err != nil {
@@ -218,8 +226,7 @@ func TestTraffic(t *testing.T) {
 		if udpEchoes(t, podA.ns, echoB, 2) {
 			t.Errorf("pod A reached pod B without an endpoint entry")
 		}
-		if err := dp.UpsertEndpoint(podA.ip, EndpointInfo{IfIndex: uint32(podA.lxc.index),
-			PodMAC: podA.lxc.peerMAC, HostMAC: podA.lxc.mac}); err != nil {
+		if err := dp.UpsertEndpoint(podA.ip, epInfo(podA, 1, idA, 0)); err != nil {
 			t.Fatal(err)
 		}
 		udpRoundTrip(t, podA.ns, echoB)
@@ -247,4 +254,127 @@ func TestTraffic(t *testing.T) {
 		}
 		t.Errorf("no neighbour entry for router %s in pod A: %v", routerIP, neighs)
 	})
+
+	// Enforcement on both pods: A may open TCP/8080 connections (egress),
+	// B accepts them from A (ingress) and may open nothing itself (egress):
+	// its replies pass only through conntrack.
+	echoTCP := tcpEcho(t, podB.ns, podB.ip, 8080)
+	echoA := udpEcho(t, podA.ns, podA.ip)
+	t.Run("policy allows only TCP/8080", func(t *testing.T) {
+		if n, err := dp.FlushCT(); err != nil {
+			t.Fatalf("FlushCT = %d, %v", n, err)
+		}
+		if err := dp.SetEndpointPolicy(1, map[PolicyKey]PolicyValue{
+			{Identity: idB, Egress: true, Proto: protoTCP, Port: 8080, PortPrefixLen: 16}: {Cookie: 1},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.SetEndpointPolicy(2, map[PolicyKey]PolicyValue{
+			{Identity: idA, Proto: protoTCP, Port: 8080, PortPrefixLen: 16}: {Cookie: 2},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []struct {
+			p        testPod
+			id       uint16
+			identity uint32
+		}{{podA, 1, idA}, {podB, 2, idB}} {
+			if err := dp.UpsertEndpoint(u.p.ip, epInfo(u.p, u.id, u.identity,
+				FlagIngressEnforced|FlagEgressEnforced)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before, err := dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		if udpEchoes(t, podA.ns, echoB, 2) {
+			t.Errorf("UDP from pod A reached pod B under a TCP/8080-only policy")
+		}
+		after, err := dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := metricsDelta(before, after)[MetricsKey{Reason: DropPolicyNoRule, Egress: true}]; d.Packets == 0 {
+			t.Errorf("no egress policy drop counted for the UDP flow: %v", metricsDelta(before, after))
+		}
+
+		tcpRoundTrip(t, podA.ns, echoTCP)
+
+		ct, err := dp.ListCT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(ct, func(e CTEntry) bool { return e.Proto == protoTCP && e.Dst == echoTCP })
+		if i < 0 || !ct[i].SeenReply || ct[i].SrcIdentity != idA || ct[i].Packets < 4 {
+			t.Errorf("no replied conntrack entry with source identity %d for %s: %+v", idA, echoTCP, ct)
+		}
+		// The other way round: B's egress allows nothing, A's ingress
+		// nothing from B; B's egress drops it first.
+		before, err = dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if udpEchoes(t, podB.ns, echoA, 1) {
+			t.Errorf("pod B opened a UDP flow to pod A although its egress allows nothing")
+		}
+		after, err = dp.Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := metricsDelta(before, after)[MetricsKey{Reason: DropPolicyNoRule, Egress: true}]; d.Packets == 0 {
+			t.Errorf("no egress policy drop counted for B's UDP flow: %v", metricsDelta(before, after))
+		}
+	})
+}
+
+// tcpEcho opens a TCP echo server on addr:port inside ns and returns its
+// address. It stops when the test ends.
+func tcpEcho(t *testing.T, ns netns.NsHandle, addr netip.Addr, port uint16) netip.AddrPort {
+	t.Helper()
+	ap := netip.AddrPortFrom(addr, port)
+	var ln *net.TCPListener
+	inNetns(t, ns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(ap))
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ap
+}
+
+// tcpRoundTrip connects from ns to server, sends a message and waits for
+// its echo: data flows in both directions of one connection.
+func tcpRoundTrip(t *testing.T, ns netns.NsHandle, server netip.AddrPort) {
+	t.Helper()
+	var conn net.Conn
+	inNetns(t, ns, func() (err error) {
+		conn, err = net.DialTimeout("tcp4", server.String(), 3*time.Second)
+		return err
+	})
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	msg := []byte("membrane " + testutil.UniqueSuffix())
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatalf("write to %s: %v", server, err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatalf("read echo from %s: %v", server, err)
+	}
+	if string(buf) != string(msg) {
+		t.Fatalf("echo from %s = %q, want %q", server, buf, msg)
+	}
 }
