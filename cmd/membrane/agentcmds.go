@@ -79,6 +79,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "Pod CIDR:\t%s (router %s on %s)\n", st.PodCIDR, st.RouterIP, st.Datapath.HostDevice)
 				fmt.Fprintf(w, "IPAM:\t%d/%d allocated\n", st.IPAM.Allocated, st.IPAM.Capacity)
 				fmt.Fprintf(w, "Endpoints:\t%d\n", st.Endpoints)
+				perr := ""
+				if st.Policy.LastError != "" {
+					perr = " — LAST COMPUTATION FAILED: " + st.Policy.LastError
+				}
+				fmt.Fprintf(w, "Policy:\t%d policies, %d namespaces, revision %d (store %d), computed in %s%s\n",
+					st.Policy.Policies, st.Policy.Namespaces, st.Policy.Revision, st.Policy.RealizedRevision, st.Policy.LastDuration.Round(time.Microsecond), perr)
 				pct := 0.0
 				if st.Datapath.EndpointMapSize > 0 {
 					pct = 100 * float64(st.Datapath.EndpointEntries) / float64(st.Datapath.EndpointMapSize)
@@ -183,6 +189,21 @@ func newEndpointCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// enforcement renders the endpoint map's flag bits.
+func enforcement(flags uint16) string {
+	var parts []string
+	if flags&0x1 != 0 {
+		parts = append(parts, "ingress-enforced")
+	}
+	if flags&0x2 != 0 {
+		parts = append(parts, "egress-enforced")
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
+
 func printEndpoint(w io.Writer, ep api.Endpoint) {
 	fmt.Fprintf(w, "ID:\t%d\n", ep.ID)
 	fmt.Fprintf(w, "Pod:\t%s/%s\n", ep.Namespace, ep.Name)
@@ -192,6 +213,8 @@ func printEndpoint(w io.Writer, ep api.Endpoint) {
 	fmt.Fprintf(w, "Pod interface:\t%s (%s) in %s\n", ep.IfName, ep.MAC, ep.Netns)
 	fmt.Fprintf(w, "Node interface:\t%s (ifindex %d, %s)\n", ep.HostIfName, ep.HostIfIndex, ep.HostMAC)
 	fmt.Fprintf(w, "Labels:\t%s\n", formatLabels(ep.Labels))
+	fmt.Fprintf(w, "Identity:\t%d\n", ep.Identity)
+	fmt.Fprintf(w, "Policy:\tingress enforced: %v, egress enforced: %v\n", ep.IngressEnforced, ep.EgressEnforced)
 	var ps []string
 	for _, p := range ep.Ports {
 		ps = append(ps, fmt.Sprintf("%s:%d/%s", p.Name, p.Port, p.Protocol))
@@ -275,13 +298,14 @@ func newBPFCmd(g *globals) *cobra.Command {
 				return g.explain(err)
 			}
 			return g.render(cmd.OutOrStdout(), entries, func(w io.Writer) {
-				fmt.Fprintln(w, "IP\tIFINDEX\tPOD MAC\tNODE MAC\tENDPOINT\tFLAGS")
+				fmt.Fprintln(w, "IP\tIFINDEX\tPOD MAC\tNODE MAC\tENDPOINT\tIDENTITY\tFLAGS")
 				for _, e := range entries {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%#x\n", e.IP, e.IfIndex, e.PodMAC, e.HostMAC, e.EndpointID, e.Flags)
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", e.IP, e.IfIndex, e.PodMAC, e.HostMAC, e.EndpointID, e.Identity, enforcement(e.Flags))
 				}
 			})
 		},
 	})
 	cmd.AddCommand(ep)
+	addBPFPolicyCmds(g, cmd)
 	return cmd
 }

@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/membrane-net/membrane/internal/api"
 	"github.com/membrane-net/membrane/internal/datapath/link"
 	"github.com/membrane-net/membrane/internal/datapath/loader"
 	"github.com/membrane-net/membrane/internal/endpoint"
+	"github.com/membrane-net/membrane/internal/identity"
 	"github.com/membrane-net/membrane/internal/ipam"
 	"github.com/membrane-net/membrane/internal/kvstore"
 )
@@ -35,6 +37,14 @@ type Agent struct {
 	alloc  *ipam.HostScope
 	eps    *endpoint.Manager
 	server *api.Server
+
+	resources *kvstore.ResourceStore
+	idAlloc   *kvstore.IdentityAllocator
+	idCache   *identity.Cache
+	policy    *policyEngine
+
+	cancel context.CancelFunc // stops background goroutines
+	wg     sync.WaitGroup
 }
 
 // New validates cfg and returns an agent ready to Start.
@@ -76,6 +86,10 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		PinDir:          a.cfg.PinDir(),
 		RouterIPv4:      a.router,
 		EndpointMapSize: a.cfg.EndpointMapSize,
+		IPCacheSize:     a.cfg.IPCacheSize,
+		PolicyMapSize:   a.cfg.PolicyMapSize,
+		CTTCPSize:       a.cfg.CTTCPSize,
+		CTAnySize:       a.cfg.CTAnySize,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -107,6 +121,22 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	a.eps = eps
 
+	// Identities, resources and the policy engine. The first computation
+	// happens before the API opens, so restored endpoints are governed by
+	// current policy before anything new arrives.
+	a.resources = kvstore.NewResourceStore(kv.Client)
+	a.idAlloc = kvstore.NewIdentityAllocator(kv.Client, a.cfg.NodeName, 60*time.Second)
+	a.idCache = identity.NewCache(a.idAlloc)
+	a.policy = newPolicyEngine(a)
+	if err := a.policy.reload(ctx); err != nil {
+		a.log.Error("initial policy computation failed; endpoints keep their previous datapath state", "err", err)
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.wg.Add(2)
+	go func() { defer a.wg.Done(); a.policy.watch(bg) }()
+	go func() { defer a.wg.Done(); a.ctGC(bg) }()
+
 	srv, err := api.Listen(a.cfg.SocketPath, api.NewHandler(a, a.log))
 	if err != nil {
 		return err
@@ -125,6 +155,14 @@ func (a *Agent) Stop(ctx context.Context) error {
 		cancel()
 		a.server = nil
 	}
+	if a.cancel != nil {
+		a.cancel()
+		a.wg.Wait()
+		a.cancel = nil
+	}
+	if a.idAlloc != nil {
+		a.idAlloc.Close()
+	}
 	if a.dp != nil {
 		errs = append(errs, a.dp.Close())
 		a.dp = nil
@@ -134,6 +172,27 @@ func (a *Agent) Stop(ctx context.Context) error {
 		a.kv = nil
 	}
 	return errors.Join(errs...)
+}
+
+// ctGC deletes expired conntrack entries every 30 seconds.
+func (a *Agent) ctGC(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := a.dp.GCCT()
+			if err != nil {
+				a.log.Warn("conntrack garbage collection", "err", err)
+				continue
+			}
+			if n > 0 {
+				a.log.Debug("conntrack garbage collection", "deleted", n)
+			}
+		}
+	}
 }
 
 // osLinks adapts package link to endpoint.Links.

@@ -23,6 +23,10 @@ type Config struct {
 	BPFRoot          string
 	KvstoreEndpoints []string
 	EndpointMapSize  uint32
+	IPCacheSize      uint32
+	PolicyMapSize    uint32
+	CTTCPSize        uint32
+	CTAnySize        uint32
 	MTU              int
 	LogLevel         string
 }
@@ -37,6 +41,10 @@ func DefaultConfig() Config {
 		PodCIDR:         "10.200.0.0/24",
 		BPFRoot:         "/sys/fs/bpf/membrane",
 		EndpointMapSize: 65536,
+		IPCacheSize:     512 * 1024,
+		PolicyMapSize:   16 * 1024,
+		CTTCPSize:       1 << 20,
+		CTAnySize:       256 * 1024,
 		MTU:             1500,
 		LogLevel:        "info",
 	}
@@ -51,6 +59,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "directory on a bpffs under which this node's maps and links are pinned")
 	fs.StringSliceVar(&c.KvstoreEndpoints, "kvstore-endpoints", c.KvstoreEndpoints, "external etcd endpoints (http://host:port, unix:///path); empty = start an embedded etcd under --state-dir")
 	fs.Uint32Var(&c.EndpointMapSize, "endpoint-map-size", c.EndpointMapSize, "entries of the BPF endpoint map")
+	fs.Uint32Var(&c.IPCacheSize, "ipcache-map-size", c.IPCacheSize, "entries of the BPF ipcache (IP/prefix → identity)")
+	fs.Uint32Var(&c.PolicyMapSize, "policy-map-size", c.PolicyMapSize, "entries of each endpoint's BPF policy map")
+	fs.Uint32Var(&c.CTTCPSize, "ct-tcp-map-size", c.CTTCPSize, "entries of the TCP conntrack map (LRU)")
+	fs.Uint32Var(&c.CTAnySize, "ct-any-map-size", c.CTAnySize, "entries of the non-TCP conntrack map (LRU)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of endpoint interfaces")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
@@ -80,6 +92,14 @@ func (c Config) Validate() error {
 	}
 	if c.EndpointMapSize < 16 || c.EndpointMapSize > 1<<20 {
 		errs = append(errs, fmt.Errorf("--endpoint-map-size %d: want 16 to 1048576", c.EndpointMapSize))
+	}
+	for _, m := range []struct {
+		flag string
+		v    uint32
+	}{{"--ipcache-map-size", c.IPCacheSize}, {"--policy-map-size", c.PolicyMapSize}, {"--ct-tcp-map-size", c.CTTCPSize}, {"--ct-any-map-size", c.CTAnySize}} {
+		if m.v < 16 || m.v > 1<<24 {
+			errs = append(errs, fmt.Errorf("%s %d: want 16 to 16777216", m.flag, m.v))
+		}
 	}
 	if c.MTU < 576 || c.MTU > 65535 {
 		errs = append(errs, fmt.Errorf("--mtu %d: want 576-65535", c.MTU))

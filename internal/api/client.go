@@ -149,3 +149,68 @@ func (c *Client) BPFEndpoints(ctx context.Context) ([]BPFEndpointEntry, error) {
 	err := c.do(ctx, http.MethodGet, "/v1/bpf/endpoints", nil, &out)
 	return out, err
 }
+
+// Apply stores manifests.
+func (c *Client) Apply(ctx context.Context, r ApplyRequest) (ApplyResponse, error) {
+	var out ApplyResponse
+	err := c.do(ctx, http.MethodPost, "/v1/resources/apply", r, &out)
+	return out, err
+}
+
+// DeleteResources deletes the resources named in the manifests.
+func (c *Client) DeleteResources(ctx context.Context, r ApplyRequest) (ApplyResponse, error) {
+	var out ApplyResponse
+	err := c.do(ctx, http.MethodPost, "/v1/resources/delete", r, &out)
+	return out, err
+}
+
+// Resources lists stored resources.
+func (c *Client) Resources(ctx context.Context) ([]Resource, error) {
+	var out []Resource
+	err := c.do(ctx, http.MethodGet, "/v1/resources", nil, &out)
+	return out, err
+}
+
+// Identities lists security identities.
+func (c *Client) Identities(ctx context.Context) ([]IdentityInfo, error) {
+	var out []IdentityInfo
+	err := c.do(ctx, http.MethodGet, "/v1/identities", nil, &out)
+	return out, err
+}
+
+// Trace explains the policy verdict for a packet.
+func (c *Client) Trace(ctx context.Context, r TraceRequest) (TraceResponse, error) {
+	var out TraceResponse
+	err := c.do(ctx, http.MethodPost, "/v1/policy/trace", r, &out)
+	return out, err
+}
+
+// BPFPolicy dumps an endpoint's policy map.
+func (c *Client) BPFPolicy(ctx context.Context, ref string) (BPFPolicy, error) {
+	var out BPFPolicy
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/policy/"+ref, nil, &out)
+	return out, err
+}
+
+// BPFIPCache dumps the ipcache.
+func (c *Client) BPFIPCache(ctx context.Context) ([]BPFIPCacheEntry, error) {
+	var out []BPFIPCacheEntry
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/ipcache", nil, &out)
+	return out, err
+}
+
+// BPFCT dumps conntrack.
+func (c *Client) BPFCT(ctx context.Context) ([]BPFCTEntry, error) {
+	var out []BPFCTEntry
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/ct", nil, &out)
+	return out, err
+}
+
+// BPFCTFlush empties conntrack and returns how many entries were removed.
+func (c *Client) BPFCTFlush(ctx context.Context) (int, error) {
+	var out struct {
+		Deleted int `json:"deleted"`
+	}
+	err := c.do(ctx, http.MethodDelete, "/v1/bpf/ct", nil, &out)
+	return out.Deleted, err
+}

@@ -27,6 +27,15 @@ type Backend interface {
 	CNIGC(ctx context.Context, r CNIGCRequest) (CNIGCResponse, error)
 	CNIStatus(ctx context.Context) error
 	BPFEndpoints(ctx context.Context) ([]BPFEndpointEntry, error)
+	Apply(ctx context.Context, r ApplyRequest) (ApplyResponse, error)
+	DeleteResources(ctx context.Context, r ApplyRequest) (ApplyResponse, error)
+	Resources(ctx context.Context) ([]Resource, error)
+	Identities(ctx context.Context) ([]IdentityInfo, error)
+	Trace(ctx context.Context, r TraceRequest) (TraceResponse, error)
+	BPFPolicy(ctx context.Context, ref string) (BPFPolicy, error)
+	BPFIPCache(ctx context.Context) ([]BPFIPCacheEntry, error)
+	BPFCT(ctx context.Context) ([]BPFCTEntry, error)
+	BPFCTFlush(ctx context.Context) (int, error)
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -87,6 +96,54 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/bpf/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		out, err := b.BPFEndpoints(r.Context())
 		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("POST /v1/resources/apply", func(w http.ResponseWriter, r *http.Request) {
+		var req ApplyRequest
+		if !h.decode(w, r, &req) {
+			return
+		}
+		out, err := b.Apply(r.Context(), req)
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("POST /v1/resources/delete", func(w http.ResponseWriter, r *http.Request) {
+		var req ApplyRequest
+		if !h.decode(w, r, &req) {
+			return
+		}
+		out, err := b.DeleteResources(r.Context(), req)
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.Resources(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.Identities(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("POST /v1/policy/trace", func(w http.ResponseWriter, r *http.Request) {
+		var req TraceRequest
+		if !h.decode(w, r, &req) {
+			return
+		}
+		out, err := b.Trace(r.Context(), req)
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bpf/policy/{ref...}", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BPFPolicy(r.Context(), r.PathValue("ref"))
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bpf/ipcache", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BPFIPCache(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bpf/ct", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BPFCT(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("DELETE /v1/bpf/ct", func(w http.ResponseWriter, r *http.Request) {
+		n, err := b.BPFCTFlush(r.Context())
+		h.reply(w, r, map[string]int{"deleted": n}, err)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)})

@@ -45,6 +45,22 @@ func (f *fakeBackend) BPFEndpoints(context.Context) ([]BPFEndpointEntry, error) 
 	return nil, errors.New("map gone")
 }
 
+func (f *fakeBackend) Apply(context.Context, ApplyRequest) (ApplyResponse, error) {
+	return ApplyResponse{Revision: 7}, nil
+}
+func (f *fakeBackend) DeleteResources(context.Context, ApplyRequest) (ApplyResponse, error) {
+	return ApplyResponse{}, nil
+}
+func (f *fakeBackend) Resources(context.Context) ([]Resource, error)      { return nil, nil }
+func (f *fakeBackend) Identities(context.Context) ([]IdentityInfo, error) { return nil, nil }
+func (f *fakeBackend) Trace(_ context.Context, r TraceRequest) (TraceResponse, error) {
+	return TraceResponse{From: r.From, To: r.To, Allowed: true}, nil
+}
+func (f *fakeBackend) BPFPolicy(context.Context, string) (BPFPolicy, error)  { return BPFPolicy{}, nil }
+func (f *fakeBackend) BPFIPCache(context.Context) ([]BPFIPCacheEntry, error) { return nil, nil }
+func (f *fakeBackend) BPFCT(context.Context) ([]BPFCTEntry, error)           { return nil, nil }
+func (f *fakeBackend) BPFCTFlush(context.Context) (int, error)               { return 3, nil }
+
 func startServer(t *testing.T, b Backend) *Client {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mbr-api")
@@ -83,6 +99,15 @@ func TestAPIRoundTrips(t *testing.T) {
 	resp, err := c.CNIAdd(ctx, CNIAddRequest{ContainerID: "c", Labels: map[string]string{"a": "b"}})
 	if err != nil || resp.Address.String() != "10.0.0.2/32" || fb.adds[0].Labels["a"] != "b" {
 		t.Fatalf("add = %+v, %v", resp, err)
+	}
+	if ar, err := c.Apply(ctx, ApplyRequest{Manifest: "kind: Namespace"}); err != nil || ar.Revision != 7 {
+		t.Fatalf("apply = %+v, %v", ar, err)
+	}
+	if tr, err := c.Trace(ctx, TraceRequest{From: "a", To: "b"}); err != nil || !tr.Allowed || tr.To != "b" {
+		t.Fatalf("trace = %+v, %v", tr, err)
+	}
+	if n, err := c.BPFCTFlush(ctx); err != nil || n != 3 {
+		t.Fatalf("ct flush = %d, %v", n, err)
 	}
 	l := map[string]string{"x": "y"}
 	ep, err := c.PatchEndpoint(ctx, 1, EndpointPatch{Labels: &l})

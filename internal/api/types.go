@@ -4,6 +4,7 @@
 package api
 
 import (
+	"encoding/json"
 	"net/netip"
 	"time"
 )
@@ -22,6 +23,7 @@ type Status struct {
 	Datapath   DatapathStatus `json:"datapath"`
 	IPAM       IPAMStatus     `json:"ipam"`
 	Endpoints  int            `json:"endpoints"`
+	Policy     PolicyStatus   `json:"policy"`
 	StateDir   string         `json:"stateDir"`
 	SocketPath string         `json:"socketPath"`
 }
@@ -72,7 +74,11 @@ type Endpoint struct {
 	HostIfIndex int               `json:"hostIfIndex"`
 	HostMAC     string            `json:"hostMAC"`
 	State       string            `json:"state"` // "ready", "restoring", "not-ready"
-	CreatedAt   time.Time         `json:"createdAt"`
+	Identity    uint32            `json:"identity"`
+	// PolicyEnforced says per direction whether policy selects the endpoint.
+	IngressEnforced bool      `json:"ingressEnforced"`
+	EgressEnforced  bool      `json:"egressEnforced"`
+	CreatedAt       time.Time `json:"createdAt"`
 }
 
 // EndpointPatch changes workload metadata after ADD (PATCH /v1/endpoints/{id}).
@@ -149,6 +155,7 @@ type BPFEndpointEntry struct {
 	HostMAC    string     `json:"hostMAC"`
 	EndpointID uint16     `json:"endpointID"`
 	Flags      uint16     `json:"flags"`
+	Identity   uint32     `json:"identity"`
 }
 
 // Error codes carried in Error.Code. The CNI plugin maps them to CNI error codes.
@@ -168,3 +175,134 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// ApplyRequest carries manifests (YAML or JSON, several documents) to
+// store (POST /v1/resources/apply) or delete (POST /v1/resources/delete).
+type ApplyRequest struct {
+	Manifest string `json:"manifest"`
+	// Wait makes the agent answer only once its own datapath enforces the
+	// result (bounded by 10s).
+	Wait bool `json:"wait,omitempty"`
+}
+
+// ResourceRef names a stored resource.
+type ResourceRef struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+}
+
+// ResourceChange reports what happened to one resource.
+type ResourceChange struct {
+	Ref    ResourceRef `json:"ref"`
+	Action string      `json:"action"` // created, configured, unchanged, deleted, not-found
+}
+
+// ApplyResponse is the answer to apply and delete.
+type ApplyResponse struct {
+	Changes []ResourceChange `json:"changes"`
+	// Revision is the store revision of the write; RealizedRevision the
+	// revision this agent's datapath enforces (>= Revision when Wait
+	// succeeded).
+	Revision         int64 `json:"revision"`
+	RealizedRevision int64 `json:"realizedRevision"`
+	// RealizedIn is how long the agent took, after storing, to enforce it.
+	RealizedIn time.Duration `json:"realizedInNs,omitempty"`
+}
+
+// Resource is one stored manifest (GET /v1/resources).
+type Resource struct {
+	Ref      ResourceRef     `json:"ref"`
+	Manifest json.RawMessage `json:"manifest"`
+	// Selects lists the local endpoints a policy selects (policies only).
+	Selects []string `json:"selects,omitempty"`
+}
+
+// PolicyStatus is the policy part of Status.
+type PolicyStatus struct {
+	Revision         uint64        `json:"revision"`         // local regeneration counter
+	RealizedRevision int64         `json:"realizedRevision"` // store revision enforced
+	Policies         int           `json:"policies"`
+	Namespaces       int           `json:"namespaces"`
+	LastError        string        `json:"lastError,omitempty"`
+	LastDuration     time.Duration `json:"lastDurationNs"`
+}
+
+// IdentityInfo is one security identity (GET /v1/identities).
+type IdentityInfo struct {
+	ID        uint32            `json:"id"`
+	Labels    map[string]string `json:"labels"`
+	Reserved  bool              `json:"reserved,omitempty"`
+	Scope     string            `json:"scope"` // reserved, cluster, local
+	CIDR      string            `json:"cidr,omitempty"`
+	Endpoints []string          `json:"endpoints,omitempty"` // local users (ns/name)
+}
+
+// TraceRequest asks for the policy verdict of a hypothetical packet.
+// From and To are a local endpoint ("ns/name", name, id or IP), an IP
+// address, "id:<n>" for an identity, or a label set "k=v,k2=v2" that must
+// match exactly one known identity.
+type TraceRequest struct {
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"` // TCP, UDP, SCTP, ICMP or ANY
+}
+
+// TraceResponse explains the verdict.
+type TraceResponse struct {
+	From    string        `json:"from"`
+	To      string        `json:"to"`
+	Allowed bool          `json:"allowed"`
+	Egress  TraceDecision `json:"egress"`
+	Ingress TraceDecision `json:"ingress"`
+	Summary string        `json:"summary"`
+}
+
+// TraceDecision is one direction's decision.
+type TraceDecision struct {
+	Enforced bool   `json:"enforced"`
+	Decision string `json:"decision"` // allowed, denied, no-rule, not-enforced
+	Rule     string `json:"rule,omitempty"`
+	Policy   string `json:"policy,omitempty"` // kind ns/name
+}
+
+// BPFPolicyEntry is one entry of an endpoint's policy map.
+type BPFPolicyEntry struct {
+	Direction string `json:"direction"`
+	Identity  uint32 `json:"identity"` // 0 = any
+	Protocol  string `json:"protocol"`
+	Ports     string `json:"ports"` // "*", "80", "8080-8083"
+	Verdict   string `json:"verdict"`
+	Cookie    uint32 `json:"cookie"`
+	Rule      string `json:"rule,omitempty"`
+}
+
+// BPFPolicy is an endpoint's policy map (GET /v1/bpf/policy/{ref}).
+type BPFPolicy struct {
+	Endpoint        uint16           `json:"endpoint"`
+	Identity        uint32           `json:"identity"`
+	IngressEnforced bool             `json:"ingressEnforced"`
+	EgressEnforced  bool             `json:"egressEnforced"`
+	Entries         []BPFPolicyEntry `json:"entries"`
+}
+
+// BPFIPCacheEntry is one ipcache entry.
+type BPFIPCacheEntry struct {
+	Prefix       netip.Prefix `json:"prefix"`
+	Identity     uint32       `json:"identity"`
+	CIDRIdentity uint32       `json:"cidrIdentity,omitempty"`
+}
+
+// BPFCTEntry is one conntrack entry.
+type BPFCTEntry struct {
+	Protocol    string         `json:"protocol"`
+	Src         netip.AddrPort `json:"src"`
+	Dst         netip.AddrPort `json:"dst"`
+	ExpiresIn   time.Duration  `json:"expiresInNs"`
+	SeenReply   bool           `json:"seenReply"`
+	Closing     bool           `json:"closing"`
+	SrcIdentity uint32         `json:"srcIdentity"`
+	Packets     uint64         `json:"packets"`
+	Bytes       uint64         `json:"bytes"`
+}

@@ -248,7 +248,10 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 			_ = m.dp.DetachEndpoint(hostIf)
 		}
 	}()
-	info := loader.EndpointInfo{IfIndex: uint32(vres.HostIfIndex), PodMAC: vres.PodMAC, HostMAC: vres.HostMAC, EndpointID: id}
+	// Fail closed: until the agent has computed this endpoint's identity
+	// and policy, both directions are enforced with an empty policy.
+	info := loader.EndpointInfo{IfIndex: uint32(vres.HostIfIndex), PodMAC: vres.PodMAC, HostMAC: vres.HostMAC, EndpointID: id,
+		Flags: loader.FlagIngressEnforced | loader.FlagEgressEnforced}
 	if err := m.dp.UpsertEndpoint(addr, info); err != nil {
 		return api.CNIAddResponse{}, fmt.Errorf("program endpoint %s: %w", addr, err)
 	}
@@ -263,6 +266,7 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 		Namespace: req.Namespace, Name: req.PodName, Labels: copyLabels(req.Labels), Ports: ports,
 		IPv4: addr, MAC: vres.PodMAC.String(), HostIfName: hostIf, HostIfIndex: vres.HostIfIndex,
 		HostMAC: vres.HostMAC.String(), State: "ready", CreatedAt: m.cfg.Now().UTC(),
+		IngressEnforced: true, EgressEnforced: true,
 	}
 	if err := m.save(ep); err != nil {
 		return api.CNIAddResponse{}, err
@@ -568,7 +572,17 @@ func (m *Manager) restoreOne(ctx context.Context, ep *api.Endpoint) error {
 	}
 	ep.HostIfIndex = ifindex
 	ep.HostMAC = mac.String()
-	info := loader.EndpointInfo{IfIndex: uint32(ifindex), PodMAC: podMAC, HostMAC: mac, EndpointID: ep.ID}
+	// Keep the identity and enforcement the datapath has: the agent's
+	// first policy computation replaces them, and until then traffic is
+	// governed by the state from before the restart, not by nothing.
+	info := loader.EndpointInfo{IfIndex: uint32(ifindex), PodMAC: podMAC, HostMAC: mac, EndpointID: ep.ID,
+		Flags: loader.FlagIngressEnforced | loader.FlagEgressEnforced}
+	if cur, ok, err := m.dp.LookupEndpoint(ep.IPv4); err == nil && ok {
+		info.Flags, info.Identity = cur.Flags, cur.Identity
+	}
+	ep.Identity = info.Identity
+	ep.IngressEnforced = info.Flags&loader.FlagIngressEnforced != 0
+	ep.EgressEnforced = info.Flags&loader.FlagEgressEnforced != 0
 	if err := m.dp.UpsertEndpoint(ep.IPv4, info); err != nil {
 		return err
 	}
@@ -636,6 +650,41 @@ func cloneEndpoint(ep *api.Endpoint) api.Endpoint {
 	c.Labels = copyLabels(ep.Labels)
 	c.Ports = append([]api.NamedPort(nil), ep.Ports...)
 	return c
+}
+
+// SetPolicyState records an endpoint's identity and enforcement and writes
+// them to its endpoint map entry. The endpoint must exist.
+func (m *Manager) SetPolicyState(id uint16, identity uint32, ingress, egress bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ep, ok := m.byID[id]
+	if !ok {
+		return fmt.Errorf("%w: id %d", ErrNotFound, id)
+	}
+	if ep.Identity == identity && ep.IngressEnforced == ingress && ep.EgressEnforced == egress {
+		return nil
+	}
+	podMAC, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return fmt.Errorf("endpoint %d: pod MAC %q: %w", id, ep.MAC, err)
+	}
+	hostMAC, err := net.ParseMAC(ep.HostMAC)
+	if err != nil {
+		return fmt.Errorf("endpoint %d: host MAC %q: %w", id, ep.HostMAC, err)
+	}
+	var flags uint16
+	if ingress {
+		flags |= loader.FlagIngressEnforced
+	}
+	if egress {
+		flags |= loader.FlagEgressEnforced
+	}
+	info := loader.EndpointInfo{IfIndex: uint32(ep.HostIfIndex), PodMAC: podMAC, HostMAC: hostMAC, EndpointID: id, Flags: flags, Identity: identity}
+	if err := m.dp.UpsertEndpoint(ep.IPv4, info); err != nil {
+		return fmt.Errorf("endpoint %d: %w", id, err)
+	}
+	ep.Identity, ep.IngressEnforced, ep.EgressEnforced = identity, ingress, egress
+	return nil
 }
 
 // Count is the number of endpoints.

@@ -20,7 +20,10 @@ func (f *fakeAlloc) Allocate(_ context.Context, key string) (ID, error) {
 	f.ids[key] = f.next
 	return f.next, nil
 }
-func (f *fakeAlloc) Release(_ context.Context, id ID) error { f.releases = append(f.releases, id); return nil }
+func (f *fakeAlloc) Release(_ context.Context, id ID) error {
+	f.releases = append(f.releases, id)
+	return nil
+}
 func (f *fakeAlloc) List(context.Context) (map[ID]string, error) {
 	return nil, fmt.Errorf("unused")
 }

@@ -1,0 +1,256 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/membrane-net/membrane/internal/api"
+	"github.com/membrane-net/membrane/internal/identity"
+	"github.com/membrane-net/membrane/internal/kvstore"
+	"github.com/membrane-net/membrane/internal/policy"
+)
+
+func parseManifest(m string) ([]policy.Object, error) {
+	if strings.TrimSpace(m) == "" {
+		return nil, &api.Error{Code: api.CodeInvalid, Message: "empty manifest"}
+	}
+	objs, err := policy.Parse([]byte(m))
+	if err != nil {
+		return nil, &api.Error{Code: api.CodeInvalid, Message: err.Error()}
+	}
+	seen := map[kvstore.Ref]bool{}
+	for i := range objs {
+		r := kvstore.RefOf(&objs[i])
+		if seen[r] {
+			return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s appears twice in the manifest; nothing was stored", r)}
+		}
+		seen[r] = true
+	}
+	return objs, nil
+}
+
+func toAPIChanges(in []kvstore.Change) []api.ResourceChange {
+	out := make([]api.ResourceChange, len(in))
+	for i, c := range in {
+		out[i] = api.ResourceChange{Ref: storeRef(c.Ref), Action: c.Action}
+	}
+	return out
+}
+
+// finishWrite waits, if asked, until this agent enforces rev.
+func (a *Agent) finishWrite(ctx context.Context, wait bool, changes []kvstore.Change, rev int64) (api.ApplyResponse, error) {
+	out := api.ApplyResponse{Changes: toAPIChanges(changes), Revision: rev}
+	if wait {
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := a.policy.waitRealized(wctx, rev); err != nil {
+			return out, &api.Error{Code: api.CodeUnavailable, Message: fmt.Sprintf("stored at revision %d, but this agent does not enforce it yet: %v", rev, err)}
+		}
+		out.RealizedIn = time.Since(start)
+	}
+	out.RealizedRevision = a.policy.status().RealizedRevision
+	return out, nil
+}
+
+// Apply implements api.Backend: validate everything, then store all in one
+// transaction; invalid input stores nothing.
+func (a *Agent) Apply(ctx context.Context, r api.ApplyRequest) (api.ApplyResponse, error) {
+	objs, err := parseManifest(r.Manifest)
+	if err != nil {
+		return api.ApplyResponse{}, err
+	}
+	changes, rev, err := a.resources.Apply(ctx, objs)
+	if err != nil {
+		return api.ApplyResponse{}, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	return a.finishWrite(ctx, r.Wait, changes, rev)
+}
+
+// DeleteResources implements api.Backend.
+func (a *Agent) DeleteResources(ctx context.Context, r api.ApplyRequest) (api.ApplyResponse, error) {
+	objs, err := parseManifest(r.Manifest)
+	if err != nil {
+		return api.ApplyResponse{}, err
+	}
+	refs := make([]kvstore.Ref, len(objs))
+	for i := range objs {
+		refs[i] = kvstore.RefOf(&objs[i])
+	}
+	changes, rev, err := a.resources.Delete(ctx, refs)
+	if err != nil {
+		return api.ApplyResponse{}, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	return a.finishWrite(ctx, r.Wait, changes, rev)
+}
+
+// Resources implements api.Backend.
+func (a *Agent) Resources(ctx context.Context) ([]api.Resource, error) {
+	objs, _, err := a.resources.List(ctx)
+	if err != nil {
+		return nil, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	in, res := a.policy.snapshot()
+	names := map[uint16]string{}
+	for _, ep := range a.eps.List() {
+		names[ep.ID] = ep.Namespace + "/" + ep.Name
+	}
+	out := make([]api.Resource, 0, len(objs))
+	for i := range objs {
+		b, err := json.Marshal(objs[i])
+		if err != nil {
+			return nil, err
+		}
+		r := api.Resource{Ref: storeRef(kvstore.RefOf(&objs[i])), Manifest: b}
+		if objs[i].Kind != "Namespace" {
+			r.Selects = selectedBy(in, res, &objs[i], names)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// selectedBy lists the local endpoints whose policy maps carry a rule of o.
+func selectedBy(in policy.Input, res policy.Result, o *policy.Object, names map[uint16]string) []string {
+	var out []string
+	for _, ep := range in.Endpoints {
+		pol := res.Endpoints[ep.ID]
+		for _, e := range pol.Entries {
+			if r := res.Rule(e.Cookie); r != nil && strings.EqualFold(r.Kind, o.Kind) && r.Namespace == o.Namespace && r.Name == o.Name {
+				out = append(out, names[ep.ID])
+				break
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Identities implements api.Backend.
+func (a *Agent) Identities(ctx context.Context) ([]api.IdentityInfo, error) {
+	all, err := a.idAlloc.List(ctx)
+	if err != nil {
+		return nil, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	users := map[uint32][]string{}
+	for _, ep := range a.eps.List() {
+		users[ep.Identity] = append(users[ep.Identity], ep.Namespace+"/"+ep.Name)
+	}
+	var out []api.IdentityInfo
+	for id := range identity.ReservedNames {
+		out = append(out, api.IdentityInfo{ID: uint32(id), Labels: identity.ReservedLabels(id), Reserved: true, Scope: "reserved", Endpoints: users[uint32(id)]})
+	}
+	for id, canonical := range all {
+		l, _ := identity.ParseCanonical(canonical)
+		out = append(out, api.IdentityInfo{ID: uint32(id), Labels: l, Scope: "cluster", Endpoints: users[uint32(id)]})
+	}
+	in, _ := a.policy.snapshot()
+	for _, c := range in.CIDRIdentities {
+		out = append(out, api.IdentityInfo{ID: c.ID, Labels: map[string]string{"cidr:" + c.Prefix.String(): ""}, Scope: "local", CIDR: c.Prefix.String()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// resolvePeer turns a trace argument into a policy.Peer.
+func (a *Agent) resolvePeer(in policy.Input, s string) (policy.Peer, string, error) {
+	bad := func(format string, args ...any) (policy.Peer, string, error) {
+		return policy.Peer{}, "", &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf(format, args...)}
+	}
+	if s == "" {
+		return bad("empty peer: give a pod (ns/name), an IP, id:<n> or labels k=v,...")
+	}
+	if n, ok := strings.CutPrefix(s, "id:"); ok {
+		v, err := strconv.ParseUint(n, 10, 32)
+		if err != nil {
+			return bad("peer %q: bad identity number", s)
+		}
+		return policy.Peer{Identity: uint32(v)}, "identity " + n, nil
+	}
+	if ip, err := netip.ParseAddr(s); err == nil {
+		if ep, err := a.eps.Get(s); err == nil {
+			id := ep.ID
+			return policy.Peer{Endpoint: &id, IP: ip}, ep.Namespace + "/" + ep.Name + " (" + s + ")", nil
+		}
+		return policy.Peer{IP: ip}, s, nil
+	}
+	if strings.Contains(s, "=") {
+		want, err := policy.ParseLabels(s)
+		if err != nil {
+			return bad("peer %q: %v", s, err)
+		}
+		var match []policy.Identity
+		for _, id := range in.Identities {
+			ok := true
+			for _, l := range want {
+				if v, has := id.Labels.Get(l.Key); !has || v != l.Value {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				match = append(match, id)
+			}
+		}
+		switch len(match) {
+		case 1:
+			return policy.Peer{Identity: match[0].ID}, fmt.Sprintf("identity %d {%s}", match[0].ID, match[0].Labels), nil
+		case 0:
+			return bad("peer %q: no identity has these labels (known: %d identities; see membrane identity list)", s, len(in.Identities))
+		default:
+			var ids []string
+			for _, m := range match {
+				ids = append(ids, strconv.FormatUint(uint64(m.ID), 10))
+			}
+			return bad("peer %q matches identities %s; add labels (e.g. io.kubernetes.pod.namespace=NS) or use id:<n>", s, strings.Join(ids, ", "))
+		}
+	}
+	ep, err := a.eps.Get(s)
+	if err != nil {
+		return policy.Peer{}, "", apiError(err)
+	}
+	id := ep.ID
+	return policy.Peer{Endpoint: &id, IP: ep.IPv4}, ep.Namespace + "/" + ep.Name, nil
+}
+
+// Trace implements api.Backend.
+func (a *Agent) Trace(_ context.Context, r api.TraceRequest) (api.TraceResponse, error) {
+	proto, ok := policy.ParseProto(strings.ToUpper(r.Protocol))
+	if !ok && strings.EqualFold(r.Protocol, "icmp") {
+		proto, ok = 1, true
+	}
+	if !ok {
+		return api.TraceResponse{}, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("protocol %q: want TCP, UDP, SCTP or ICMP", r.Protocol)}
+	}
+	in, res := a.policy.snapshot()
+	from, fromName, err := a.resolvePeer(in, r.From)
+	if err != nil {
+		return api.TraceResponse{}, err
+	}
+	to, toName, err := a.resolvePeer(in, r.To)
+	if err != nil {
+		return api.TraceResponse{}, err
+	}
+	v := policy.Trace(in, res, from, to, proto, r.Port)
+	conv := func(d policy.DirVerdict) api.TraceDecision {
+		out := api.TraceDecision{Enforced: d.Enforced, Decision: d.Decision}
+		if d.Rule != nil {
+			out.Rule = d.Rule.String()
+			out.Policy = strings.ToLower(d.Rule.Kind) + " " + d.Rule.Namespace + "/" + d.Rule.Name
+		}
+		return out
+	}
+	out := api.TraceResponse{From: fromName, To: toName, Allowed: v.Allowed, Egress: conv(v.Egress), Ingress: conv(v.Ingress)}
+	verdict := "DENIED"
+	if v.Allowed {
+		verdict = "ALLOWED"
+	}
+	out.Summary = fmt.Sprintf("%s → %s %d/%s: %s (egress: %s; ingress: %s)", fromName, toName, r.Port, policy.ProtoName(proto), verdict, v.Egress, v.Ingress)
+	return out, nil
+}
