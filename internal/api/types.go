@@ -306,3 +306,57 @@ type BPFCTEntry struct {
 	Packets     uint64         `json:"packets"`
 	Bytes       uint64         `json:"bytes"`
 }
+
+// FlowPeer is one side of a flow, enriched with what the agent knows.
+type FlowPeer struct {
+	IP        netip.Addr        `json:"ip"`
+	Port      uint16            `json:"port,omitempty"`
+	Identity  uint32            `json:"identity"`
+	Endpoint  uint16            `json:"endpoint,omitempty"` // local endpoint id
+	Namespace string            `json:"namespace,omitempty"`
+	Pod       string            `json:"pod,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// Name is "ns/pod", "reserved:<entity>" or the IP.
+func (p FlowPeer) Name() string {
+	if p.Pod != "" {
+		return p.Namespace + "/" + p.Pod
+	}
+	return p.IP.String()
+}
+
+// Flow is one observed datapath event (GET /v1/flows).
+type Flow struct {
+	Time       time.Time `json:"time"`
+	Type       string    `json:"type"`    // drop, trace, policy-verdict
+	Verdict    string    `json:"verdict"` // FORWARDED or DROPPED
+	DropReason string    `json:"dropReason,omitempty"`
+	ObsPoint   string    `json:"observationPoint,omitempty"`
+	Direction  string    `json:"direction,omitempty"` // ingress or egress (policy)
+	Protocol   string    `json:"protocol"`
+	TCPFlags   string    `json:"tcpFlags,omitempty"`
+	CTState    string    `json:"ctState,omitempty"`
+	Source     FlowPeer  `json:"source"`
+	Dest       FlowPeer  `json:"destination"`
+	Policy     string    `json:"policy,omitempty"` // kind ns/name of the deciding policy
+	Rule       string    `json:"rule,omitempty"`
+	Length     uint32    `json:"length"`
+	IfIndex    uint32    `json:"ifindex,omitempty"`
+	Cookie     uint32    `json:"cookie,omitempty"`
+}
+
+// FlowQuery filters flows. Peer filters (From, To) accept "ns/pod",
+// "ns:<namespace>", "id:<identity>", "<ip>" or "k=v" labels; several values
+// of one filter are ORed, different filters ANDed.
+type FlowQuery struct {
+	From     []string  `json:"from,omitempty"`
+	To       []string  `json:"to,omitempty"`
+	Verdict  string    `json:"verdict,omitempty"` // FORWARDED, DROPPED
+	Protocol string    `json:"protocol,omitempty"`
+	Type     string    `json:"type,omitempty"`
+	Port     uint16    `json:"port,omitempty"` // source or destination port
+	Since    time.Time `json:"since,omitzero"`
+	Last     int       `json:"last,omitempty"` // at most this many of the newest matches (default 100 without Follow)
+	Follow   bool      `json:"follow,omitempty"`
+}
