@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Prefix is the root of every key Membrane writes.
@@ -28,6 +29,9 @@ type Config struct {
 	// DialTimeout bounds the first connection (default 10s).
 	DialTimeout time.Duration
 	Logger      *slog.Logger
+	// OnOp, if set, is called after every unary etcd request with its
+	// method (e.g. "/etcdserverpb.KV/Txn") and error, for metrics.
+	OnOp func(method string, err error)
 }
 
 // Validate checks the configuration.
@@ -78,11 +82,21 @@ func Open(ctx context.Context, cfg Config) (_ *Store, retErr error) {
 			}
 		}()
 	}
-	c, err := clientv3.New(clientv3.Config{
+	ccfg := clientv3.Config{
 		Endpoints:   s.endpoints,
 		DialTimeout: cfg.DialTimeout,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if cfg.OnOp != nil {
+		onOp := cfg.OnOp
+		ccfg.DialOptions = append(ccfg.DialOptions, grpc.WithChainUnaryInterceptor(
+			func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				err := invoker(ctx, method, req, reply, cc, opts...)
+				onOp(method, err)
+				return err
+			}))
+	}
+	c, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", s.endpoints, err)
 	}
