@@ -13,7 +13,9 @@
  *   destination's ingress policy, then the packet is delivered to the pod.
  *
  * Replies and further packets of a tracked connection pass without policy
- * lookups. Every exit counts one verdict in mbr_metrics (metrics.h).
+ * lookups. Every exit counts one verdict in mbr_metrics (metrics.h); drops,
+ * policy verdicts and traces are reported as flow events in mbr_events as
+ * far as the monitor level asks (events.h).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -30,6 +32,7 @@
 #include "ct.h"
 #include "policy.h"
 #include "metrics.h"
+#include "events.h"
 
 /* Router IPv4 address (first address of the node's pod CIDR, on mbr_host),
  * network byte order. Set by the loader through CollectionSpec.Variables. */
@@ -38,7 +41,7 @@ volatile const __u32 ROUTER_IP4 = 0;
 /* Answer an ARP request for the router from a known endpoint on its own lxc.
  * The reply names the lxc MAC (host_mac) as the router's MAC and goes back
  * out of the same lxc, i.e. into the pod. */
-static __always_inline int handle_arp(struct __sk_buff *skb)
+static __always_inline int handle_arp(struct __sk_buff *skb, struct pkt_obs *o)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -67,7 +70,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	sender_ip = arp->sip;
 	ep = lookup_endpoint4(sender_ip);
 	if (!ep || ep->ifindex != skb->ifindex)
-		return drop(skb, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
+		return drop_packet(skb, o, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
 
 	/* Turn the request into a reply in place. */
 	mac_copy(eth->h_dest, eth->h_source);
@@ -81,79 +84,99 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	return pass(skb, bpf_redirect(skb->ifindex, 0), MBR_DIR_EGRESS);
 }
 
-static __always_inline int ipv4_from_container(struct __sk_buff *skb)
+static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt_obs *o)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
+	struct flow4 *flow = &o->flow;
 	struct endpoint_info *src, *dst;
-	struct flow4 flow = {};
-	__u32 peer_id, cidr_id, cookie, dst_ifindex;
+	__u32 peer_id, cidr_id, dst_ifindex;
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
+	enum ct_status ct;
 	int reason;
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 	if (ip4->version != 4 || ip4->ihl < 5)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+	obs_ip4(o, ip4->saddr, ip4->daddr, ip4->protocol);
 
 	/* Anti-spoofing: the source must be the endpoint behind this lxc. */
 	src = lookup_endpoint4(ip4->saddr);
 	if (!src || src->ifindex != skb->ifindex)
-		return drop(skb, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
+		return drop_packet(skb, o, MBR_DROP_SPOOFED_SOURCE, MBR_DIR_EGRESS);
+	o->src_ep = src->ep_id;
+	o->src_identity = src->identity;
 
 	/* Truncated L4 header of a first fragment: drop. */
-	if (parse_flow4(skb, ip4, &flow) < 0)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+	if (parse_flow4(skb, ip4, flow) < 0)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
-	dst = lookup_endpoint4(flow.daddr);
+	dst = lookup_endpoint4(flow->daddr);
+	if (dst) {
+		o->dst_ep = dst->ep_id;
+		o->dst_identity = dst->identity;
+	}
+
+	ct = ct_lookup4(flow, len, now, &o->report);
+	o->ct_state = ct + 1;
+	trace_packet(skb, o, MBR_OBS_FROM_ENDPOINT, MBR_DIR_EGRESS);
 
 	/* Only the first packet of a connection meets policy. */
-	if (ct_lookup4(&flow, len, now) == CT_NEW) {
+	if (ct == CT_NEW) {
 		/* Egress policy of the source. A local destination's identity
 		 * comes from the endpoint map, which is authoritative on this
 		 * node; its CIDR identity from the ipcache. */
 		if (src->flags & MBR_EP_F_EGRESS_ENFORCED) {
-			ipcache_lookup4(flow.daddr, &peer_id, &cidr_id);
+			ipcache_lookup4(flow->daddr, &peer_id, &cidr_id);
 			if (dst && dst->identity)
 				peer_id = dst->identity;
-			reason = policy_check(src->ep_id, 1, peer_id, cidr_id, flow.protocol,
-					      flow.policy_dport, &cookie);
+			o->dst_identity = peer_id;
+			reason = policy_check(src->ep_id, 1, peer_id, cidr_id, flow->protocol,
+					      flow->policy_dport, &o->cookie);
+			policy_verdict(skb, o, reason, MBR_DIR_EGRESS);
 			if (reason != MBR_FORWARDED)
-				return drop(skb, reason, MBR_DIR_EGRESS);
+				return drop_packet(skb, o, reason, MBR_DIR_EGRESS);
 		}
 		/* Ingress policy of a local destination, on its behalf: the
 		 * packet is redirected straight into its pod. */
 		if (dst && (dst->flags & MBR_EP_F_INGRESS_ENFORCED)) {
-			ipcache_lookup4(flow.saddr, &peer_id, &cidr_id);
-			reason = policy_check(dst->ep_id, 0, src->identity, cidr_id, flow.protocol,
-					      flow.policy_dport, &cookie);
+			ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
+			reason = policy_check(dst->ep_id, 0, src->identity, cidr_id, flow->protocol,
+					      flow->policy_dport, &o->cookie);
+			policy_verdict(skb, o, reason, MBR_DIR_INGRESS);
 			if (reason != MBR_FORWARDED)
-				return drop(skb, reason, MBR_DIR_INGRESS);
+				return drop_packet(skb, o, reason, MBR_DIR_INGRESS);
 		}
 		/* Never pass an untracked connection: its replies would be
 		 * judged as new connections of the peer. */
-		if (ct_create4(&flow, src->identity, len, now) < 0)
-			return drop(skb, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
+		if (ct_create4(flow, src->identity, len, now) < 0)
+			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
 	}
 
 	/* Not a local endpoint: the host stack routes it. */
-	if (!dst)
+	if (!dst) {
+		trace_packet(skb, o, MBR_OBS_TO_STACK, MBR_DIR_EGRESS);
 		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
+	}
 
 	/* TTL expires here: the stack drops it and sends ICMP time exceeded. */
-	if (ip4->ttl <= 1)
+	if (ip4->ttl <= 1) {
+		trace_packet(skb, o, MBR_OBS_TO_STACK, MBR_DIR_EGRESS);
 		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
+	}
 
 	/* Direct writes first; ip4_dec_ttl invalidates packet pointers. */
 	eth_to_endpoint(eth, dst);
 	dst_ifindex = dst->ifindex;
 	if (ip4_dec_ttl(skb, ip4) < 0)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
+	trace_packet(skb, o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
 	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_EGRESS);
 }
 
@@ -163,16 +186,19 @@ int from_container(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	struct pkt_obs o = {};
+
+	obs_init(&o, MBR_OBS_FROM_ENDPOINT);
 
 	/* Shorter than an Ethernet header: drop. */
 	if ((void *)(eth + 1) > data_end)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_ARP):
-		return handle_arp(skb);
+		return handle_arp(skb, &o);
 	case bpf_htons(ETH_P_IP):
-		return ipv4_from_container(skb);
+		return ipv4_from_container(skb, &o);
 	default:
 		/* IPv6 and the rest: the host stack, until they are handled here
 		 * (no policy for them yet). */
@@ -187,56 +213,70 @@ int from_host(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
+	struct pkt_obs o = {};
+	struct flow4 *flow = &o.flow;
 	struct endpoint_info *dst;
-	struct flow4 flow = {};
-	__u32 peer_id, cidr_id, cookie, dst_ifindex;
+	__u32 peer_id, cidr_id, dst_ifindex;
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
+	enum ct_status ct;
 	int reason;
+
+	obs_init(&o, MBR_OBS_FROM_HOST);
 
 	/* Shorter than an Ethernet header: drop. */
 	if ((void *)(eth + 1) > data_end)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 
 	/* Only IPv4 for local pods belongs here: mbr_host is NOARP and carries
 	 * just the pod CIDR route. ARP, IPv6 (e.g. link-local chatter of
 	 * mbr_host) and anything else are dropped. */
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return drop(skb, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
+		return drop_packet(skb, &o, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 	if (ip4->version != 4 || ip4->ihl < 5)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
 
 	/* No such endpoint (e.g. just deleted): drop rather than loop back. */
 	dst = lookup_endpoint4(ip4->daddr);
 	if (!dst)
-		return drop(skb, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
+		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
+	o.dst_ep = dst->ep_id;
+	o.dst_identity = dst->identity;
 
 	/* Truncated L4 header of a first fragment: drop. */
-	if (parse_flow4(skb, ip4, &flow) < 0)
-		return drop(skb, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	if (parse_flow4(skb, ip4, flow) < 0)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	ct = ct_lookup4(flow, len, now, &o.report);
+	o.ct_state = ct + 1;
+	trace_packet(skb, &o, MBR_OBS_FROM_HOST, MBR_DIR_INGRESS);
 
 	/* Replies to connections the pod opened, and further packets of
 	 * connections into the pod, pass; a new connection meets the pod's
 	 * ingress policy with the source's identity from the ipcache. */
-	if (ct_lookup4(&flow, len, now) == CT_NEW) {
-		ipcache_lookup4(flow.saddr, &peer_id, &cidr_id);
+	if (ct == CT_NEW) {
+		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
+		o.src_identity = peer_id;
 		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
-			reason = policy_check(dst->ep_id, 0, peer_id, cidr_id, flow.protocol,
-					      flow.policy_dport, &cookie);
+			reason = policy_check(dst->ep_id, 0, peer_id, cidr_id, flow->protocol,
+					      flow->policy_dport, &o.cookie);
+			policy_verdict(skb, &o, reason, MBR_DIR_INGRESS);
 			if (reason != MBR_FORWARDED)
-				return drop(skb, reason, MBR_DIR_INGRESS);
+				return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
 		}
-		if (ct_create4(&flow, peer_id, len, now) < 0)
-			return drop(skb, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+		if (ct_create4(flow, peer_id, len, now) < 0)
+			return drop_packet(skb, &o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
 	}
 
 	/* The host stack already decremented the TTL when it routed the packet. */
 	eth_to_endpoint(eth, dst);
 	dst_ifindex = dst->ifindex;
+	trace_packet(skb, &o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
 	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
 }
 

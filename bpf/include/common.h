@@ -125,10 +125,15 @@ struct ct_key {
 #define MBR_CT_F_RX_CLOSING 0x4 /* FIN (or RST) in the reply direction */
 #define MBR_CT_F_CLOSING    (MBR_CT_F_TX_CLOSING | MBR_CT_F_RX_CLOSING)
 
-/* Value of the conntrack maps. 32 bytes. */
+/* Value of the conntrack maps. 32 bytes. flags was a __u32 before the
+ * *_flags_seen bytes were carved out of its upper half: the layout and size
+ * are unchanged (little endian), so older pinned maps stay usable and their
+ * entries read as "no flags seen yet". */
 struct ct_entry {
 	__u64 expires;       /* bpf_ktime_get_ns() deadline; past it the entry is absent */
-	__u32 flags;         /* MBR_CT_F_* */
+	__u16 flags;         /* MBR_CT_F_* */
+	__u8 tx_flags_seen;  /* TCP flags seen (and reported) in the original direction */
+	__u8 rx_flags_seen;  /* TCP flags seen (and reported) in the reply direction */
 	__u32 src_identity;  /* identity of the original source */
 	__u64 packets;       /* both directions */
 	__u64 bytes;
@@ -149,6 +154,21 @@ struct metrics_key {
 struct metrics_value {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* Monitor levels (dp_config.monitor_level): which flow events the datapath
+ * writes to mbr_events (events.h). */
+#define MBR_MONITOR_OFF     0 /* none, not even drops (metrics still count) */
+#define MBR_MONITOR_DROPS   1 /* drops and policy verdicts */
+#define MBR_MONITOR_DEFAULT 2 /* + traces of the first packet of each direction
+			       * of a connection and of new TCP flags */
+#define MBR_MONITOR_ALL     3 /* + a trace of every packet */
+
+/* Value of mbr_config (one entry): run-time settings the agent changes
+ * without reloading the programs. pad must be zero. 16 bytes. */
+struct dp_config {
+	__u32 monitor_level; /* MBR_MONITOR_* */
+	__u32 pad[3];
 };
 
 /* ARP constants (RFC 826). Defined here because <linux/if_arp.h> pulls in

@@ -81,19 +81,33 @@ static __always_inline __u64 ct_advance(__u32 *flags, const struct flow4 *f, int
 	return CT_LIFETIME_TCP_SYN;
 }
 
-static __always_inline void ct_refresh(struct ct_entry *e, const struct flow4 *f, int reply,
-				       __u32 len, __u64 now)
+/* Account packet f, in direction reply, to e. Returns 1 if the packet is
+ * one to report at the default monitor level: the first reply, or one with
+ * TCP flags not seen before in its direction; else 0. */
+static __always_inline int ct_refresh(struct ct_entry *e, const struct flow4 *f, int reply,
+				      __u32 len, __u64 now)
 {
 	__u32 flags = e->flags;
 	__u64 lifetime = ct_advance(&flags, f, reply);
+	__u8 seen = reply ? e->rx_flags_seen : e->tx_flags_seen;
+	int report = reply && !(e->flags & MBR_CT_F_SEEN_REPLY);
 
 	/* Racing CPUs may lose a flag update here; the next packet of the same
-	 * kind sets it again. Counters are atomic. */
+	 * kind sets it again (and may be reported twice). Counters are atomic. */
+	if ((seen | f->tcp_flags) != seen) {
+		seen |= f->tcp_flags;
+		if (reply)
+			e->rx_flags_seen = seen;
+		else
+			e->tx_flags_seen = seen;
+		report = 1;
+	}
 	if (flags != e->flags)
 		e->flags = flags;
 	e->expires = now + lifetime;
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, len);
+	return report;
 }
 
 /* A fresh SYN reusing the tuple of a closing connection starts anew. */
@@ -103,8 +117,11 @@ static __always_inline int ct_restarts(const struct ct_entry *e, const struct fl
 	       (f->tcp_flags & (MBR_TCP_SYN | MBR_TCP_ACK)) == MBR_TCP_SYN;
 }
 
-/* Find the connection of f and account the packet to it. */
-static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 len, __u64 now)
+/* Find the connection of f and account the packet to it. *report is set to
+ * 1 for a packet to report at the default monitor level (a new connection,
+ * its first reply, new TCP flags in a direction), else 0. */
+static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 len, __u64 now,
+						 __u8 *report)
 {
 	void *map = ct_map(f->protocol);
 	struct ct_entry *e;
@@ -113,15 +130,16 @@ static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 le
 	ct_key4(&key, f, 0);
 	e = bpf_map_lookup_elem(map, &key);
 	if (e && e->expires > now && !ct_restarts(e, f)) {
-		ct_refresh(e, f, 0, len, now);
+		*report = ct_refresh(e, f, 0, len, now);
 		return CT_ESTABLISHED;
 	}
 	ct_key4(&key, f, 1);
 	e = bpf_map_lookup_elem(map, &key);
 	if (e && e->expires > now) {
-		ct_refresh(e, f, 1, len, now);
+		*report = ct_refresh(e, f, 1, len, now);
 		return CT_REPLY;
 	}
+	*report = 1;
 	return CT_NEW;
 }
 
@@ -131,13 +149,16 @@ static __always_inline int ct_create4(const struct flow4 *f, __u32 src_identity,
 				      __u64 now)
 {
 	struct ct_entry e = {
+		.tx_flags_seen = f->tcp_flags,
 		.src_identity = src_identity,
 		.packets = 1,
 		.bytes = len,
 	};
 	struct ct_key key;
+	__u32 flags = 0;
 
-	e.expires = now + ct_advance(&e.flags, f, 0);
+	e.expires = now + ct_advance(&flags, f, 0);
+	e.flags = flags;
 	ct_key4(&key, f, 0);
 	return bpf_map_update_elem(ct_map(f->protocol), &key, &e, BPF_ANY);
 }

@@ -27,6 +27,11 @@
 #ifndef MBR_CT_ANY_MAP_SIZE
 #define MBR_CT_ANY_MAP_SIZE 262144
 #endif
+/* Bytes of the event ring buffer: a power of two and a multiple of the page
+ * size. */
+#ifndef MBR_EVENTS_RING_SIZE
+#define MBR_EVENTS_RING_SIZE (4 * 1024 * 1024)
+#endif
 /* One entry per (reason, direction); 256 reasons fit a __u8. */
 #define MBR_METRICS_MAP_SIZE 512
 
@@ -103,5 +108,30 @@ struct {
 	__uint(max_entries, MBR_METRICS_MAP_SIZE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mbr_metrics SEC(".maps");
+
+/* mbr_events: flow events (struct flow_event of events.h) to the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MBR_EVENTS_RING_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mbr_events SEC(".maps");
+
+/* mbr_events_lost: flow events that did not fit mbr_events, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mbr_events_lost SEC(".maps");
+
+/* mbr_config: run-time settings (struct dp_config), written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct dp_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mbr_config SEC(".maps");
 
 #endif /* __MBR_MAPS_H */

@@ -12,7 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ct_entry.flags, as MBR_CT_F_* in bpf/include/common.h.
+// ct_entry.flags, as MBR_CT_F_* in bpf/include/common.h. ct_entry.flags is
+// 16 bits since the datapath keeps the TCP flags seen per direction in the
+// two bytes after it (tx_flags_seen, rx_flags_seen: the default monitor
+// level traces packets with new flags); the value is 32 bytes as before.
 const (
 	ctFlagSeenReply = 0x1
 	ctFlagTXClosing = 0x2

@@ -16,7 +16,9 @@ import (
 type datapathCtEntry struct {
 	_           structs.HostLayout
 	Expires     uint64
-	Flags       uint32
+	Flags       uint16
+	TxFlagsSeen uint8
+	RxFlagsSeen uint8
 	SrcIdentity uint32
 	Packets     uint64
 	Bytes       uint64
@@ -31,6 +33,12 @@ type datapathCtKey struct {
 	Protocol uint8
 	Family   uint8
 	Pad      [2]uint8
+}
+
+type datapathDpConfig struct {
+	_            structs.HostLayout
+	MonitorLevel uint32
+	Pad          [3]uint32
 }
 
 type datapathEndpointInfo struct {
@@ -48,6 +56,32 @@ type datapathEndpointKey struct {
 	Addr   [16]uint8
 	Family uint8
 	Pad    [3]uint8
+}
+
+type datapathFlowEvent struct {
+	_           structs.HostLayout
+	TsNs        uint64
+	Type        uint8
+	Reason      uint8
+	ObsPoint    uint8
+	Verdict     uint8
+	Direction   uint8
+	Protocol    uint8
+	TcpFlags    uint8
+	Family      uint8
+	SrcEp       uint16
+	DstEp       uint16
+	SrcIdentity uint32
+	DstIdentity uint32
+	Cookie      uint32
+	Ifindex     uint32
+	PktLen      uint32
+	Saddr       [16]uint8
+	Daddr       [16]uint8
+	Sport       uint16
+	Dport       uint16
+	CtState     uint8
+	Pad         [3]uint8
 }
 
 type datapathIpcacheKey struct {
@@ -99,9 +133,12 @@ type datapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	datapathMapMbrConfig                   = "mbr_config"
 	datapathMapMbrCtAny                    = "mbr_ct_any"
 	datapathMapMbrCtTcp                    = "mbr_ct_tcp"
 	datapathMapMbrEndpoints                = "mbr_endpoints"
+	datapathMapMbrEvents                   = "mbr_events"
+	datapathMapMbrEventsLost               = "mbr_events_lost"
 	datapathMapMbrIpcache                  = "mbr_ipcache"
 	datapathMapMbrMetrics                  = "mbr_metrics"
 	datapathMapMbrPolicy                   = "mbr_policy"
@@ -164,12 +201,15 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	MbrCtAny     *ebpf.MapSpec `ebpf:"mbr_ct_any"`
-	MbrCtTcp     *ebpf.MapSpec `ebpf:"mbr_ct_tcp"`
-	MbrEndpoints *ebpf.MapSpec `ebpf:"mbr_endpoints"`
-	MbrIpcache   *ebpf.MapSpec `ebpf:"mbr_ipcache"`
-	MbrMetrics   *ebpf.MapSpec `ebpf:"mbr_metrics"`
-	MbrPolicy    *ebpf.MapSpec `ebpf:"mbr_policy"`
+	MbrConfig     *ebpf.MapSpec `ebpf:"mbr_config"`
+	MbrCtAny      *ebpf.MapSpec `ebpf:"mbr_ct_any"`
+	MbrCtTcp      *ebpf.MapSpec `ebpf:"mbr_ct_tcp"`
+	MbrEndpoints  *ebpf.MapSpec `ebpf:"mbr_endpoints"`
+	MbrEvents     *ebpf.MapSpec `ebpf:"mbr_events"`
+	MbrEventsLost *ebpf.MapSpec `ebpf:"mbr_events_lost"`
+	MbrIpcache    *ebpf.MapSpec `ebpf:"mbr_ipcache"`
+	MbrMetrics    *ebpf.MapSpec `ebpf:"mbr_metrics"`
+	MbrPolicy     *ebpf.MapSpec `ebpf:"mbr_policy"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -203,19 +243,25 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	MbrCtAny     *ebpf.Map `ebpf:"mbr_ct_any"`
-	MbrCtTcp     *ebpf.Map `ebpf:"mbr_ct_tcp"`
-	MbrEndpoints *ebpf.Map `ebpf:"mbr_endpoints"`
-	MbrIpcache   *ebpf.Map `ebpf:"mbr_ipcache"`
-	MbrMetrics   *ebpf.Map `ebpf:"mbr_metrics"`
-	MbrPolicy    *ebpf.Map `ebpf:"mbr_policy"`
+	MbrConfig     *ebpf.Map `ebpf:"mbr_config"`
+	MbrCtAny      *ebpf.Map `ebpf:"mbr_ct_any"`
+	MbrCtTcp      *ebpf.Map `ebpf:"mbr_ct_tcp"`
+	MbrEndpoints  *ebpf.Map `ebpf:"mbr_endpoints"`
+	MbrEvents     *ebpf.Map `ebpf:"mbr_events"`
+	MbrEventsLost *ebpf.Map `ebpf:"mbr_events_lost"`
+	MbrIpcache    *ebpf.Map `ebpf:"mbr_ipcache"`
+	MbrMetrics    *ebpf.Map `ebpf:"mbr_metrics"`
+	MbrPolicy     *ebpf.Map `ebpf:"mbr_policy"`
 }
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.MbrConfig,
 		m.MbrCtAny,
 		m.MbrCtTcp,
 		m.MbrEndpoints,
+		m.MbrEvents,
+		m.MbrEventsLost,
 		m.MbrIpcache,
 		m.MbrMetrics,
 		m.MbrPolicy,

@@ -76,7 +76,16 @@ type Config struct {
 	CTTCPSize       uint32     // 0 = default 1048576
 	CTAnySize       uint32     // 0 = default 262144
 	CTTimeouts      CTTimeouts // zero fields = defaults
-	Logger          *slog.Logger
+	// EventsRingSize is the size in bytes of the flow event ring buffer:
+	// 0 = default 4 MiB, else a power of two and a multiple of the page
+	// size. Unlike the other maps, a pinned ring of another size is
+	// replaced (its unread events are lost): it holds nothing to keep.
+	EventsRingSize uint32
+	// MonitorLevel is written to the datapath at Load; the zero value
+	// means MonitorDefault (MonitorOff is 1). SetMonitorLevel changes it
+	// later without a reload.
+	MonitorLevel MonitorLevel
+	Logger       *slog.Logger
 }
 
 // CTTimeouts are the conntrack lifetimes: how long an idle connection stays
@@ -138,6 +147,12 @@ func (c Config) Validate() error {
 			return fmt.Errorf("conntrack %s timeout %s is negative", f.name, f.v)
 		}
 	}
+	if n, page := c.EventsRingSize, uint32(os.Getpagesize()); n != 0 && (n&(n-1) != 0 || n%page != 0) {
+		return fmt.Errorf("events ring size %d is not a power of two multiple of the page size %d", n, page)
+	}
+	if err := c.MonitorLevel.validate(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -153,6 +168,7 @@ func (c Config) ipcacheSize() uint32     { return orDefault(c.IPCacheSize, Defau
 func (c Config) policyMapSize() uint32   { return orDefault(c.PolicyMapSize, DefaultPolicyMapSize) }
 func (c Config) ctTCPSize() uint32       { return orDefault(c.CTTCPSize, DefaultCTTCPSize) }
 func (c Config) ctAnySize() uint32       { return orDefault(c.CTAnySize, DefaultCTAnySize) }
+func (c Config) eventsRingSize() uint32  { return orDefault(c.EventsRingSize, DefaultEventsRingSize) }
 
 // EndpointInfo is how the datapath delivers to a local endpoint and who
 // the endpoint is for policy.
@@ -220,12 +236,16 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	spec.Maps[datapathMapMbrPolicy].MaxEntries = cfg.endpointMapSize()
 	spec.Maps[datapathMapMbrCtTcp].MaxEntries = cfg.ctTCPSize()
 	spec.Maps[datapathMapMbrCtAny].MaxEntries = cfg.ctAnySize()
+	spec.Maps[datapathMapMbrEvents].MaxEntries = cfg.eventsRingSize()
 	inner := spec.Maps[datapathMapMbrPolicy].InnerMap
 	if inner == nil {
 		return nil, fmt.Errorf("load datapath: map %s has no inner map spec", datapathMapMbrPolicy)
 	}
 	inner.MaxEntries = cfg.policyMapSize()
 
+	if err := replaceIncompatiblePin(spec, cfg.PinDir, datapathMapMbrEvents, log); err != nil {
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
 	if err := checkPinnedMaps(spec, cfg.PinDir); err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
@@ -237,6 +257,10 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 		if errors.As(err, &verr) {
 			log.Error("BPF verifier rejected the datapath", "log", fmt.Sprintf("%+v", verr))
 		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	if err := d.SetMonitorLevel(cfg.MonitorLevel); err != nil {
+		d.objs.Close()
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	log.Debug("datapath loaded", "pin_dir", cfg.PinDir, "router_ipv4", cfg.RouterIPv4,
@@ -268,6 +292,31 @@ func checkBPFFS(dir string) error {
 	}
 	if uint32(st.Type) != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("pin dir %s is not on a BPF filesystem (mount bpffs at /sys/fs/bpf)", dir)
+	}
+	return nil
+}
+
+// replaceIncompatiblePin removes the pin of map name under pinDir if it
+// does not match the spec, so that Load creates the map anew. Only for maps
+// without state worth keeping (the event ring): programs still attached
+// through old links keep the old map until they are attached again.
+func replaceIncompatiblePin(spec *ebpf.CollectionSpec, pinDir, name string, log *slog.Logger) error {
+	path := filepath.Join(pinDir, name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned map %s at %s: %w", name, path, err)
+	}
+	err = spec.Maps[name].Compatible(m)
+	m.Close()
+	if err == nil {
+		return nil
+	}
+	log.Info("replacing pinned map of another shape", "map", name, "pin", path, "reason", err)
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("replace pinned map %s: %w", name, err)
 	}
 	return nil
 }

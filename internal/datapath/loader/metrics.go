@@ -45,6 +45,27 @@ func (r DropReason) String() string {
 	return fmt.Sprintf("reason %d", uint8(r))
 }
 
+var dropReasonCodes = [...]string{
+	Forwarded:           "FORWARDED",
+	DropPolicyDenied:    "POLICY_DENIED",
+	DropPolicyNoRule:    "POLICY_NO_RULE",
+	DropInvalidPacket:   "INVALID_PACKET",
+	DropSpoofedSource:   "SPOOFED_SOURCE",
+	DropCTMapFull:       "CT_MAP_FULL",
+	DropUnknownEndpoint: "UNKNOWN_ENDPOINT",
+	DropTTLExceeded:     "TTL_EXCEEDED",
+	DropUnsupportedL3:   "UNSUPPORTED_L3",
+}
+
+// Code is the reason's stable upper-case name, as in bpf/include/drop.h;
+// flows and metric labels use it.
+func (r DropReason) Code() string {
+	if r <= maxKnownDropReason {
+		return dropReasonCodes[r]
+	}
+	return fmt.Sprintf("REASON_%d", uint8(r))
+}
+
 // IsDrop reports whether r is a drop rather than Forwarded.
 func (r DropReason) IsDrop() bool { return r != Forwarded }
 

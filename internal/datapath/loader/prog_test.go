@@ -55,6 +55,13 @@ type progFixture struct {
 
 func newProgFixture(t *testing.T) *progFixture {
 	t.Helper()
+	return newProgFixtureWith(t, Config{})
+}
+
+// newProgFixtureWith is newProgFixture with cfg's settings; PinDir,
+// RouterIPv4 and EndpointMapSize are the fixture's.
+func newProgFixtureWith(t *testing.T, cfg Config) *progFixture {
+	t.Helper()
 	ns := inTestNetns(t)
 	sfx := testutil.UniqueSuffix()
 	f := &progFixture{
@@ -63,7 +70,8 @@ func newProgFixture(t *testing.T) *progFixture {
 		lxcB: addVeth(t, "lxcb"+sfx, "podb"+sfx),
 		net:  addVeth(t, "mbrn"+sfx, "mbrh"+sfx),
 	}
-	dp, err := Load(Config{PinDir: testPinDir(t), RouterIPv4: routerIP, EndpointMapSize: 64})
+	cfg.PinDir, cfg.RouterIPv4, cfg.EndpointMapSize = testPinDir(t), routerIP, 64
+	dp, err := Load(cfg)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}

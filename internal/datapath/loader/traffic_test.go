@@ -288,6 +288,9 @@ func TestTraffic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		events := openEvents(t, dp)
+		drainEvents(t, events)
+		start := time.Now()
 
 		if udpEchoes(t, podA.ns, echoB, 2) {
 			t.Errorf("UDP from pod A reached pod B under a TCP/8080-only policy")
@@ -310,6 +313,7 @@ func TestTraffic(t *testing.T) {
 		if i < 0 || !ct[i].SeenReply || ct[i].SrcIdentity != idA || ct[i].Packets < 4 {
 			t.Errorf("no replied conntrack entry with source identity %d for %s: %+v", idA, echoTCP, ct)
 		}
+		checkTrafficEvents(t, drainEvents(t, events), start, podA.ip, echoB, echoTCP)
 		// The other way round: B's egress allows nothing, A's ingress
 		// nothing from B; B's egress drops it first.
 		before, err = dp.Metrics()
@@ -376,5 +380,54 @@ func tcpRoundTrip(t *testing.T, ns netns.NsHandle, server netip.AddrPort) {
 	}
 	if string(buf) != string(msg) {
 		t.Fatalf("echo from %s = %q, want %q", server, buf, msg)
+	}
+}
+
+// checkTrafficEvents checks the flow events of the "policy allows only
+// TCP/8080" traffic, at the default monitor level: the dropped UDP flow from
+// client to udpServer, and the TCP connection from client to tcpServer with
+// both allowing verdicts (cookies 1 and 2), the trace of its SYN and of its
+// first reply.
+func checkTrafficEvents(t *testing.T, evs []Event, start time.Time, client netip.Addr, udpServer, tcpServer netip.AddrPort) {
+	t.Helper()
+	for _, e := range evs {
+		if e.Time.Before(start.Add(-time.Second)) || e.Time.After(time.Now().Add(time.Second)) {
+			t.Errorf("event time %v outside the test's run from %v: %v", e.Time, start, e)
+		}
+	}
+	for _, want := range []struct {
+		what  string
+		match func(Event) bool
+	}{
+		{"UDP drop without a rule", func(e Event) bool {
+			return e.Type == EventDrop && e.Reason == DropPolicyNoRule && e.Egress && e.Dropped &&
+				e.Src.Addr() == client && e.Dst == udpServer && e.Proto == protoUDP && e.SrcIdentity == idA
+		}},
+		{"egress verdict allowing the connection with cookie 1", func(e Event) bool {
+			return e.Type == EventPolicyVerdict && !e.Dropped && e.Egress && e.Cookie == 1 &&
+				e.Src.Addr() == client && e.Dst == tcpServer && e.CTState == CTStateNew
+		}},
+		{"ingress verdict allowing the connection with cookie 2", func(e Event) bool {
+			return e.Type == EventPolicyVerdict && !e.Dropped && !e.Egress && e.Cookie == 2 &&
+				e.Src.Addr() == client && e.Dst == tcpServer && e.DstIdentity == idB
+		}},
+		{"trace of the SYN leaving the client", func(e Event) bool {
+			return e.Type == EventTrace && e.ObsPoint == ObsFromEndpoint && e.TCPFlags&tcpSYN != 0 &&
+				e.Src.Addr() == client && e.Dst == tcpServer && e.CTState == CTStateNew && e.SrcEP == 1 && e.DstEP == 2
+		}},
+		{"trace of the SYN delivered to the server", func(e Event) bool {
+			return e.Type == EventTrace && e.ObsPoint == ObsToEndpoint && e.Dst == tcpServer && e.CTState == CTStateNew
+		}},
+		{"trace of the first reply", func(e Event) bool {
+			return e.Type == EventTrace && e.ObsPoint == ObsFromEndpoint && e.Src == tcpServer &&
+				e.Dst.Addr() == client && e.CTState == CTStateReply && e.TCPFlags == tcpSYN|tcpACK
+		}},
+	} {
+		if !slices.ContainsFunc(evs, want.match) {
+			t.Errorf("no event: %s; got %d events:", want.what, len(evs))
+			for _, e := range evs {
+				t.Logf("  %v", e)
+			}
+		}
 	}
 }
