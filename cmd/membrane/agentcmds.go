@@ -91,6 +91,10 @@ func newStatusCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "BPF endpoint map:\t%d/%d (%.1f%%)\n", st.Datapath.EndpointEntries, st.Datapath.EndpointMapSize, pct)
 				fmt.Fprintf(w, "BPF pins:\t%s\n", st.Datapath.PinDir)
+				fmt.Fprintf(w, "Flow events:\tlevel %s, %d seen, %d lost (ring buffer full)\n", st.Datapath.MonitorLevel, st.Datapath.FlowsSeen, st.Datapath.EventsLost)
+				for _, warn := range mapWarnings(st.Datapath.Maps) {
+					fmt.Fprintf(w, "%s\n", warn)
+				}
 				fmt.Fprintf(w, "State dir:\t%s\n", st.StateDir)
 			})
 		},

@@ -68,3 +68,10 @@ func TestRenderTableAndJSON(t *testing.T) {
 		t.Error("unknown output format accepted")
 	}
 }
+
+func TestMapWarnings(t *testing.T) {
+	got := mapWarnings([]api.MapUsage{{Name: "a", Entries: 90, Capacity: 100}, {Name: "b", Entries: 91, Capacity: 100}, {Name: "c", Entries: 5, Capacity: 0}})
+	if len(got) != 1 || !bytes.Contains([]byte(got[0]), []byte("b is 91% full")) {
+		t.Errorf("warnings = %q", got)
+	}
+}

@@ -144,6 +144,7 @@ to this executable, else in $PATH; 'lab up --bin-dir' overrides.`,
 
 func newLabUpCmd(f *labFlags) *cobra.Command {
 	var podCIDR, ports, binDir, bpfRoot string
+	var agentArgs []string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Create a lab: node namespace and agent",
@@ -155,7 +156,7 @@ made is removed again.`,
   MEMBRANE_LAB=blue membrane lab status`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger()}
+			cfg := lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger(), AgentArgs: agentArgs}
 			if binDir != "" {
 				abs, err := filepath.Abs(binDir)
 				if err != nil {
@@ -192,6 +193,7 @@ made is removed again.`,
 	cmd.Flags().StringVar(&ports, "ports", "8080/tcp,9090/tcp,8080/udp,9090/udp", "ports every pod's traffic server listens on (PORT/tcp|udp,...)")
 	cmd.Flags().StringVar(&binDir, "bin-dir", "", "directory with membrane-agent, membrane-cni and membrane")
 	cmd.Flags().StringVar(&bpfRoot, "bpf-root", lab.DefaultBPFRoot, "agent --bpf-root; pins go to <bpf-root>/<name>-node1")
+	cmd.Flags().StringArrayVar(&agentArgs, "agent-arg", nil, "extra membrane-agent flag, repeatable (e.g. --agent-arg=--monitor-level=all)")
 	return cmd
 }
 

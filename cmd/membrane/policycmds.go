@@ -313,7 +313,10 @@ exactly one known identity.`,
 					d    api.TraceDecision
 				}{{"Egress (source)", out.Egress}, {"Ingress (destination)", out.Ingress}} {
 					line := d.d.Decision
-					if d.d.Rule != "" {
+					switch {
+					case strings.HasPrefix(d.d.Rule, "no rule"):
+						line += " (" + d.d.Rule + ")"
+					case d.d.Rule != "":
 						line += " by " + d.d.Rule
 					}
 					fmt.Fprintf(w, "%s:\t%s\n", d.name, line)

@@ -19,6 +19,7 @@ import (
 	"github.com/membrane-net/membrane/internal/identity"
 	"github.com/membrane-net/membrane/internal/ipam"
 	"github.com/membrane-net/membrane/internal/kvstore"
+	"github.com/membrane-net/membrane/internal/metrics"
 )
 
 // Version is set at build time.
@@ -26,11 +27,12 @@ var Version = "dev"
 
 // Agent is one node's agent.
 type Agent struct {
-	cfg       Config
-	log       *slog.Logger
-	pool      netip.Prefix
-	router    netip.Addr
-	startedAt time.Time
+	cfg          Config
+	log          *slog.Logger
+	pool         netip.Prefix
+	monitorLevel loader.MonitorLevel
+	router       netip.Addr
+	startedAt    time.Time
 
 	kv     *kvstore.Store
 	dp     *loader.Datapath
@@ -43,6 +45,10 @@ type Agent struct {
 	idCache   *identity.Cache
 	policy    *policyEngine
 
+	obs        *observer
+	metrics    *metrics.Metrics
+	metricsSrv *metrics.Server
+
 	cancel context.CancelFunc // stops background goroutines
 	wg     sync.WaitGroup
 }
@@ -53,7 +59,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	pool, _ := cfg.Prefix()
-	return &Agent{cfg: cfg, log: log, pool: pool, router: ipam.RouterAddr(pool)}, nil
+	level, _ := loader.ParseMonitorLevel(cfg.MonitorLevel)
+	a := &Agent{cfg: cfg, log: log, pool: pool, router: ipam.RouterAddr(pool), monitorLevel: level}
+	a.metrics = metrics.New(metricsSource{a})
+	return a, nil
 }
 
 // Start brings the agent up. On error everything started so far is stopped
@@ -72,6 +81,13 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		Endpoints: a.cfg.KvstoreEndpoints,
 		DataDir:   filepath.Join(a.cfg.StateDir, "etcd"),
 		Logger:    a.log,
+		OnOp: func(method string, err error) {
+			outcome := "ok"
+			if err != nil {
+				outcome = "error"
+			}
+			a.metrics.KvstoreOps.WithLabelValues(method, outcome).Inc()
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("open kvstore: %w", err)
@@ -90,6 +106,8 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		PolicyMapSize:   a.cfg.PolicyMapSize,
 		CTTCPSize:       a.cfg.CTTCPSize,
 		CTAnySize:       a.cfg.CTAnySize,
+		EventsRingSize:  a.cfg.EventsRingSize,
+		MonitorLevel:    a.monitorLevel,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -121,6 +139,16 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	a.eps = eps
 
+	// Flow events: read from the ring buffer into the flow store.
+	a.obs = newObserver(a, a.cfg.FlowBufferSize)
+	rd, err := dp.OpenEvents()
+	if err != nil {
+		return fmt.Errorf("open datapath events: %w", err)
+	}
+	a.obs.reader = rd
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.obs.run() }()
+
 	// Identities, resources and the policy engine. The first computation
 	// happens before the API opens, so restored endpoints are governed by
 	// current policy before anything new arrives.
@@ -137,11 +165,19 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	go func() { defer a.wg.Done(); a.policy.watch(bg) }()
 	go func() { defer a.wg.Done(); a.ctGC(bg) }()
 
-	srv, err := api.Listen(a.cfg.SocketPath, api.NewHandler(a, a.log))
+	srv, err := api.Listen(a.cfg.SocketPath, a.metrics.InstrumentHandler(api.NewHandler(a, a.log)))
 	if err != nil {
 		return err
 	}
 	a.server = srv
+	if a.cfg.PrometheusAddr != "" {
+		ms, err := metrics.Serve(a.cfg.PrometheusAddr, a.metrics, a.log)
+		if err != nil {
+			return err
+		}
+		a.metricsSrv = ms
+		a.log.Info("serving Prometheus metrics", "addr", ms.Addr())
+	}
 	a.log.Info("agent ready", "node", a.cfg.NodeName, "socket", a.cfg.SocketPath, "podCIDR", a.pool, "router", a.router, "endpoints", eps.Count())
 	return nil
 }
@@ -149,17 +185,26 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 // Stop shuts down in reverse order. BPF pins and devices are left in place.
 func (a *Agent) Stop(ctx context.Context) error {
 	var errs []error
+	if a.metricsSrv != nil {
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		errs = append(errs, a.metricsSrv.Shutdown(mctx))
+		cancel()
+		a.metricsSrv = nil
+	}
 	if a.server != nil {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		errs = append(errs, a.server.Shutdown(sctx))
 		cancel()
 		a.server = nil
 	}
+	if a.obs != nil && a.obs.reader != nil {
+		errs = append(errs, a.obs.reader.Close())
+	}
 	if a.cancel != nil {
 		a.cancel()
-		a.wg.Wait()
-		a.cancel = nil
 	}
+	a.wg.Wait()
+	a.cancel = nil
 	if a.idAlloc != nil {
 		a.idAlloc.Close()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/membrane-net/membrane/internal/api"
 	"github.com/membrane-net/membrane/internal/datapath/link"
@@ -55,6 +56,16 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 	if entries, err := a.dp.ListEndpoints(); err == nil {
 		st.Datapath.EndpointEntries = len(entries)
 	}
+	if us, err := (metricsSource{a}).MapUsage(); err == nil {
+		for _, u := range us {
+			st.Datapath.Maps = append(st.Datapath.Maps, api.MapUsage{Name: u.Name, Entries: u.Entries, Capacity: u.Capacity})
+		}
+	}
+	if lvl, err := a.dp.MonitorLevel(); err == nil {
+		st.Datapath.MonitorLevel = lvl.String()
+	}
+	st.Datapath.EventsLost, _ = a.dp.EventsLost()
+	st.Datapath.FlowsSeen = metricsSource{a}.FlowsSeen()
 	return st
 }
 
@@ -81,7 +92,15 @@ func (a *Agent) PatchEndpoint(ctx context.Context, ref string, p api.EndpointPat
 }
 
 // CNIAdd implements api.Backend.
-func (a *Agent) CNIAdd(ctx context.Context, r api.CNIAddRequest) (api.CNIAddResponse, error) {
+func (a *Agent) CNIAdd(ctx context.Context, r api.CNIAddRequest) (_ api.CNIAddResponse, retErr error) {
+	start := time.Now()
+	defer func() {
+		outcome := "ok"
+		if retErr != nil {
+			outcome = "error"
+		}
+		a.metrics.CNIAdd.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	}()
 	resp, err := a.eps.Add(ctx, r)
 	if err != nil {
 		return resp, apiError(err)

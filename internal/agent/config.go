@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/membrane-net/membrane/internal/api"
+	"github.com/membrane-net/membrane/internal/datapath/loader"
 )
 
 // Config is the agent's configuration, filled from flags.
@@ -29,6 +30,10 @@ type Config struct {
 	CTAnySize        uint32
 	MTU              int
 	LogLevel         string
+	PrometheusAddr   string
+	FlowBufferSize   int
+	MonitorLevel     string
+	EventsRingSize   uint32
 }
 
 // DefaultConfig returns the defaults documented in --help.
@@ -47,6 +52,9 @@ func DefaultConfig() Config {
 		CTAnySize:       256 * 1024,
 		MTU:             1500,
 		LogLevel:        "info",
+		FlowBufferSize:  65536,
+		MonitorLevel:    "default",
+		EventsRingSize:  4 << 20,
 	}
 }
 
@@ -64,6 +72,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&c.CTTCPSize, "ct-tcp-map-size", c.CTTCPSize, "entries of the TCP conntrack map (LRU)")
 	fs.Uint32Var(&c.CTAnySize, "ct-any-map-size", c.CTAnySize, "entries of the non-TCP conntrack map (LRU)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of endpoint interfaces")
+	fs.StringVar(&c.PrometheusAddr, "prometheus-serve-addr", c.PrometheusAddr, "serve Prometheus metrics on this host:port (empty: off)")
+	fs.IntVar(&c.FlowBufferSize, "flow-buffer-size", c.FlowBufferSize, "flows kept in memory for membrane observe")
+	fs.StringVar(&c.MonitorLevel, "monitor-level", c.MonitorLevel, "flow events: off, drops, default (drops, verdicts, first packet and TCP flag changes per connection) or all")
+	fs.Uint32Var(&c.EventsRingSize, "events-ring-size", c.EventsRingSize, "bytes of the BPF ring buffer for flow events (power of two, at least a page)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
 
@@ -103,6 +115,15 @@ func (c Config) Validate() error {
 	}
 	if c.MTU < 576 || c.MTU > 65535 {
 		errs = append(errs, fmt.Errorf("--mtu %d: want 576-65535", c.MTU))
+	}
+	if c.FlowBufferSize < 1 || c.FlowBufferSize > 1<<22 {
+		errs = append(errs, fmt.Errorf("--flow-buffer-size %d: want 1 to 4194304", c.FlowBufferSize))
+	}
+	if _, err := loader.ParseMonitorLevel(c.MonitorLevel); err != nil {
+		errs = append(errs, fmt.Errorf("--monitor-level: %w", err))
+	}
+	if c.EventsRingSize < 4096 || c.EventsRingSize&(c.EventsRingSize-1) != 0 {
+		errs = append(errs, fmt.Errorf("--events-ring-size %d: want a power of two of at least 4096", c.EventsRingSize))
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -247,6 +247,19 @@ func (a *Agent) Trace(_ context.Context, r api.TraceRequest) (api.TraceResponse,
 		return out
 	}
 	out := api.TraceResponse{From: fromName, To: toName, Allowed: v.Allowed, Egress: conv(v.Egress), Ingress: conv(v.Ingress)}
+	// A no-rule decision names the policies that isolate the endpoint.
+	if v.Egress.Decision == policy.DecisionNoRule && from.Endpoint != nil {
+		if pols := res.Endpoints[*from.Endpoint].EgressPolicies; len(pols) > 0 {
+			out.Egress.Policy = strings.Join(pols, ",")
+			out.Egress.Rule = "no rule allows it; egress isolated by " + out.Egress.Policy
+		}
+	}
+	if v.Ingress.Decision == policy.DecisionNoRule && to.Endpoint != nil {
+		if pols := res.Endpoints[*to.Endpoint].IngressPolicies; len(pols) > 0 {
+			out.Ingress.Policy = strings.Join(pols, ",")
+			out.Ingress.Rule = "no rule allows it; ingress isolated by " + out.Ingress.Policy
+		}
+	}
 	verdict := "DENIED"
 	if v.Allowed {
 		verdict = "ALLOWED"

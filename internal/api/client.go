@@ -214,3 +214,69 @@ func (c *Client) BPFCTFlush(ctx context.Context) (int, error) {
 	err := c.do(ctx, http.MethodDelete, "/v1/bpf/ct", nil, &out)
 	return out.Deleted, err
 }
+
+// stream POSTs in and calls each for every JSON line of the response until
+// the server ends it, each returns an error, or ctx ends. The client's
+// overall timeout does not apply.
+func (c *Client) stream(ctx context.Context, path string, in any, each func(json.RawMessage) error) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("encode %s request: %w", path, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://membrane"+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	hc := &http.Client{Transport: c.hc.Transport}
+	resp, err := hc.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			return fmt.Errorf("%w at %s: %v (is membrane-agent running?)", ErrAgentUnreachable, c.socket, opErr.Err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var e Error
+		if json.Unmarshal(data, &e) == nil && e.Code != "" {
+			return &e
+		}
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("POST %s: HTTP %d: %s", path, resp.StatusCode, bytes.TrimSpace(data))}
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read %s stream: %w", path, err)
+		}
+		if err := each(raw); err != nil {
+			return err
+		}
+	}
+}
+
+// Flows returns stored flows matching q, or with q.Follow streams new ones
+// to each until ctx ends.
+func (c *Client) Flows(ctx context.Context, q FlowQuery, each func(Flow) error) error {
+	return c.stream(ctx, "/v1/flows", q, func(raw json.RawMessage) error {
+		var f Flow
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return fmt.Errorf("decode flow: %w", err)
+		}
+		return each(f)
+	})
+}
+
+// Monitor streams raw datapath events as JSON objects until ctx ends.
+func (c *Client) Monitor(ctx context.Context, each func(json.RawMessage) error) error {
+	return c.stream(ctx, "/v1/monitor", struct{}{}, each)
+}

@@ -36,6 +36,11 @@ type Backend interface {
 	BPFIPCache(ctx context.Context) ([]BPFIPCacheEntry, error)
 	BPFCT(ctx context.Context) ([]BPFCTEntry, error)
 	BPFCTFlush(ctx context.Context) (int, error)
+	// Flows emits stored flows matching q (and, with q.Follow, new ones
+	// until ctx ends).
+	Flows(ctx context.Context, q FlowQuery, emit func(Flow) error) error
+	// Monitor emits raw datapath events until ctx ends.
+	Monitor(ctx context.Context, emit func(any) error) error
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -145,6 +150,20 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 		n, err := b.BPFCTFlush(r.Context())
 		h.reply(w, r, map[string]int{"deleted": n}, err)
 	})
+	mux.HandleFunc("POST /v1/flows", func(w http.ResponseWriter, r *http.Request) {
+		var q FlowQuery
+		if !h.decode(w, r, &q) {
+			return
+		}
+		st := newStreamer(w)
+		err := b.Flows(r.Context(), q, func(f Flow) error { return st.emit(f) })
+		st.finish(h, r, err)
+	})
+	mux.HandleFunc("POST /v1/monitor", func(w http.ResponseWriter, r *http.Request) {
+		st := newStreamer(w)
+		err := b.Monitor(r.Context(), st.emit)
+		st.finish(h, r, err)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)})
 	})
@@ -246,4 +265,40 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	<-s.done
 	_ = os.Remove(s.path)
 	return err
+}
+
+// streamer writes JSON lines, flushing each, and turns an error before the
+// first line into a normal error reply.
+type streamer struct {
+	w       http.ResponseWriter
+	enc     *json.Encoder
+	started bool
+}
+
+func newStreamer(w http.ResponseWriter) *streamer { return &streamer{w: w, enc: json.NewEncoder(w)} }
+
+func (s *streamer) emit(v any) error {
+	if !s.started {
+		s.w.Header().Set("Content-Type", "application/x-ndjson")
+		s.w.WriteHeader(http.StatusOK)
+		s.started = true
+	}
+	if err := s.enc.Encode(v); err != nil {
+		return err
+	}
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+	return nil
+}
+
+func (s *streamer) finish(h *handler, r *http.Request, err error) {
+	if err != nil && !s.started {
+		h.reply(s.w, r, nil, err)
+		return
+	}
+	if !s.started {
+		s.w.Header().Set("Content-Type", "application/x-ndjson")
+		s.w.WriteHeader(http.StatusOK)
+	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -61,6 +62,21 @@ func (f *fakeBackend) BPFIPCache(context.Context) ([]BPFIPCacheEntry, error) { r
 func (f *fakeBackend) BPFCT(context.Context) ([]BPFCTEntry, error)           { return nil, nil }
 func (f *fakeBackend) BPFCTFlush(context.Context) (int, error)               { return 3, nil }
 
+func (f *fakeBackend) Flows(_ context.Context, q FlowQuery, emit func(Flow) error) error {
+	if q.Verdict == "bad" {
+		return &Error{Code: CodeInvalid, Message: "verdict bad"}
+	}
+	for i := range 3 {
+		if err := emit(Flow{Length: uint32(i)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+func (f *fakeBackend) Monitor(_ context.Context, emit func(any) error) error {
+	return emit(map[string]int{"type": 1})
+}
+
 func startServer(t *testing.T, b Backend) *Client {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mbr-api")
@@ -108,6 +124,18 @@ func TestAPIRoundTrips(t *testing.T) {
 	}
 	if n, err := c.BPFCTFlush(ctx); err != nil || n != 3 {
 		t.Fatalf("ct flush = %d, %v", n, err)
+	}
+	var got []uint32
+	if err := c.Flows(ctx, FlowQuery{}, func(f Flow) error { got = append(got, f.Length); return nil }); err != nil || len(got) != 3 || got[2] != 2 {
+		t.Fatalf("flows = %v, %v", got, err)
+	}
+	var e *Error
+	if err := c.Flows(ctx, FlowQuery{Verdict: "bad"}, func(Flow) error { return nil }); !errors.As(err, &e) || e.Code != CodeInvalid {
+		t.Fatalf("bad flow query err = %v", err)
+	}
+	n := 0
+	if err := c.Monitor(ctx, func(json.RawMessage) error { n++; return nil }); err != nil || n != 1 {
+		t.Fatalf("monitor = %d, %v", n, err)
 	}
 	l := map[string]string{"x": "y"}
 	ep, err := c.PatchEndpoint(ctx, 1, EndpointPatch{Labels: &l})

@@ -42,6 +42,19 @@ type DatapathStatus struct {
 	EndpointEntries int    `json:"endpointEntries"`
 	EndpointMapSize uint32 `json:"endpointMapSize"`
 	HostDevice      string `json:"hostDevice"`
+	// Maps lists every BPF map's fill level (map pressure).
+	Maps []MapUsage `json:"maps,omitempty"`
+	// MonitorLevel is the flow-event aggregation level.
+	MonitorLevel string `json:"monitorLevel,omitempty"`
+	EventsLost   uint64 `json:"eventsLost"`
+	FlowsSeen    uint64 `json:"flowsSeen"`
+}
+
+// MapUsage is a BPF map's fill level.
+type MapUsage struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
 }
 
 // IPAMStatus summarises address usage of the node's pool.

@@ -19,6 +19,9 @@ const (
 	DefaultName    = "demo"
 	DefaultBaseDir = "/var/lib/membrane-lab"
 	DefaultBPFRoot = "/sys/fs/bpf/membrane"
+	// MetricsPort is where every lab agent serves Prometheus metrics, on
+	// 127.0.0.1 inside its node namespace.
+	MetricsPort = "9962"
 	// DefaultNode is the name of the lab's (single, for now) node.
 	DefaultNode = "node1"
 	// DefaultPodNamespace is the pod namespace used when none is given.
@@ -65,6 +68,10 @@ type Config struct {
 	// addition to the pod's own ports. Default 8080/tcp, 9090/tcp,
 	// 8080/udp, 9090/udp.
 	ServePorts []Port
+	// AgentArgs are extra membrane-agent flags, appended after the lab's
+	// own (so they win). The lab always serves the agent's Prometheus
+	// metrics on 127.0.0.1:9962 inside the node namespace.
+	AgentArgs []string
 	// BPFRoot is the agent's --bpf-root; the node's pins live in
 	// BPFRoot/<Name>-<node>. Default /sys/fs/bpf/membrane.
 	BPFRoot string

@@ -57,6 +57,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 		PodCIDR:    cfg.PodCIDR,
 		ServePorts: cfg.ServePorts,
 		BPFRoot:    filepath.Clean(cfg.BPFRoot),
+		AgentArgs:  append([]string(nil), cfg.AgentArgs...),
 		CreatedAt:  time.Now().UTC().Truncate(time.Second),
 	}
 	var err error
@@ -348,7 +349,9 @@ func (l *Lab) startAgent(ctx context.Context, i int) error {
 		"--socket", n.Socket,
 		"--pod-cidr", n.PodCIDR.String(),
 		"--bpf-root", l.st.BPFRoot,
+		"--prometheus-serve-addr", "127.0.0.1:" + MetricsPort,
 	}
+	argv = append(argv, l.st.AgentArgs...)
 	l.log.Info("starting agent", "node", n.Name, "log", n.LogPath)
 	p, err := startDetached(argv, nil, n.LogPath)
 	if err != nil {

@@ -35,6 +35,7 @@ type state struct {
 	PodCIDR     netip.Prefix `json:"podCIDR"`
 	ServePorts  []Port       `json:"servePorts"`
 	BPFRoot     string       `json:"bpfRoot"`
+	AgentArgs   []string     `json:"agentArgs,omitempty"`
 	CreatedAt   time.Time    `json:"createdAt"`
 	Nodes       []Node       `json:"nodes"`
 	Pods        []Pod        `json:"pods"`

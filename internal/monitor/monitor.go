@@ -29,6 +29,9 @@ type Event struct {
 	IfIndex, Len             uint32
 	Src, Dst                 netip.AddrPort
 	CTState                  string
+	// NoRule marks a policy verdict or drop where no rule matched in an
+	// enforced direction; the flow then names the isolating policies.
+	NoRule bool
 }
 
 // Enricher answers what the agent knows about endpoints, identities and
@@ -39,6 +42,9 @@ type Enricher interface {
 	IdentityLabels(id uint32) map[string]string
 	// Rule returns the policy ("kind ns/name") and rule text of a cookie.
 	Rule(cookie uint32) (policy, rule string, ok bool)
+	// Isolating names the policies that enforce a direction of a local
+	// endpoint.
+	Isolating(ep uint16, egress bool) []string
 }
 
 // ProtoName names IP protocols.
@@ -96,6 +102,16 @@ func Enrich(e Event, en Enricher) api.Flow {
 	if e.Cookie != 0 && en != nil {
 		if p, r, ok := en.Rule(e.Cookie); ok {
 			f.Policy, f.Rule = p, r
+		}
+	}
+	if e.NoRule && e.Cookie == 0 && en != nil {
+		ep := e.DstEP
+		if e.Egress {
+			ep = e.SrcEP
+		}
+		if pols := en.Isolating(ep, e.Egress); len(pols) > 0 {
+			f.Policy = strings.Join(pols, ",")
+			f.Rule = "no rule allows it; " + f.Direction + " isolated by " + f.Policy
 		}
 	}
 	return f

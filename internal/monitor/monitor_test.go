@@ -39,6 +39,12 @@ func (fakeEnricher) IdentityLabels(id uint32) map[string]string {
 	}
 	return nil
 }
+func (fakeEnricher) Isolating(ep uint16, egress bool) []string {
+	if ep == 2 && !egress {
+		return []string{"networkpolicy shop/db-from-web"}
+	}
+	return nil
+}
 func (fakeEnricher) Rule(c uint32) (string, string, bool) {
 	if c == 7 {
 		return "networkpolicy shop/db-from-web", "networkpolicy shop/db-from-web ingress[0]", true
@@ -53,7 +59,7 @@ func events() []Event {
 	return []Event{
 		{Time: t0, Type: "policy-verdict", PolicyEvent: true, Proto: 6, TCPFlags: 0x02, SrcEP: 1, DstEP: 2, SrcIdentity: 256, DstIdentity: 257, Cookie: 7, Src: ap("10.200.1.2:40000"), Dst: ap("10.200.1.3:9090"), CTState: "new", Len: 60},
 		{Time: t0.Add(time.Millisecond), Type: "trace", ObsPoint: "to-endpoint", Proto: 6, TCPFlags: 0x02, SrcEP: 1, DstEP: 2, SrcIdentity: 256, DstIdentity: 257, Src: ap("10.200.1.2:40000"), Dst: ap("10.200.1.3:9090"), CTState: "new", Len: 60},
-		{Time: t0.Add(2 * time.Millisecond), Type: "drop", Dropped: true, Reason: "POLICY_NO_RULE", PolicyEvent: true, Proto: 17, SrcEP: 3, DstEP: 2, SrcIdentity: 258, DstIdentity: 257, Src: ap("10.200.1.4:5353"), Dst: ap("10.200.1.3:8080"), CTState: "new", Len: 40},
+		{Time: t0.Add(2 * time.Millisecond), Type: "drop", Dropped: true, Reason: "POLICY_NO_RULE", NoRule: true, PolicyEvent: true, Proto: 17, SrcEP: 3, DstEP: 2, SrcIdentity: 258, DstIdentity: 257, Src: ap("10.200.1.4:5353"), Dst: ap("10.200.1.3:8080"), CTState: "new", Len: 40},
 		{Time: t0.Add(3 * time.Millisecond), Type: "trace", ObsPoint: "from-host", Proto: 1, DstEP: 3, SrcIdentity: 1, DstIdentity: 258, Src: ap("10.200.1.1:0"), Dst: ap("10.200.1.4:0"), Len: 84},
 	}
 }
@@ -72,7 +78,7 @@ func TestEnrich(t *testing.T) {
 		t.Errorf("enriched flow = %+v", f)
 	}
 	d := Enrich(events()[2], fakeEnricher{})
-	if d.Verdict != "DROPPED" || d.DropReason != "POLICY_NO_RULE" || d.Protocol != "UDP" {
+	if d.Verdict != "DROPPED" || d.DropReason != "POLICY_NO_RULE" || d.Protocol != "UDP" || d.Policy != "networkpolicy shop/db-from-web" {
 		t.Errorf("drop flow = %+v", d)
 	}
 	h := Enrich(events()[3], fakeEnricher{})

@@ -33,7 +33,10 @@ func detail(f api.Flow) string {
 	if f.DropReason != "" {
 		parts = append(parts, "reason "+f.DropReason)
 	}
-	if f.Policy != "" {
+	switch {
+	case f.Policy != "" && strings.HasPrefix(f.Rule, "no rule"):
+		parts = append(parts, "("+f.Rule+")")
+	case f.Policy != "":
 		parts = append(parts, "by "+f.Policy+" "+strings.TrimPrefix(f.Rule, f.Policy+" "))
 	}
 	if f.ObsPoint != "" && f.Type == "trace" {

@@ -11,6 +11,7 @@ import (
 // peers resolved to identities; only endpoint-dependent parts (named ports
 // of ingress rules) are left for endpointPolicy.
 type compiledPolicy struct {
+	ref       string // "kind ns/name", lowercased kind
 	namespace string
 	subject   selector
 	// onIdentityLabels: the subject selector reads the endpoint's identity
@@ -59,11 +60,14 @@ func (r *resolver) compilePolicies() []compiledPolicy {
 	})
 	out := make([]compiledPolicy, 0, len(objs))
 	for _, o := range objs {
+		var cp compiledPolicy
 		if o.NetworkPolicy != nil {
-			out = append(out, r.compileNetworkPolicy(o))
+			cp = r.compileNetworkPolicy(o)
 		} else {
-			out = append(out, r.compileMembranePolicy(o))
+			cp = r.compileMembranePolicy(o)
 		}
+		cp.ref = objectRef(o.Kind, o.Namespace, o.Name)
+		out = append(out, cp)
 	}
 	return out
 }

@@ -74,6 +74,11 @@ func (r Result) Rule(cookie uint32) *RuleRef {
 type EndpointPolicy struct {
 	IngressEnforced bool
 	EgressEnforced  bool
+	// IngressPolicies and EgressPolicies name ("kind ns/name") the
+	// policies that put the direction under enforcement: the answer to
+	// "which policy isolates this endpoint" when a packet matches no rule.
+	IngressPolicies []string
+	EgressPolicies  []string
 	Entries         map[Key]Entry
 }
 
@@ -249,8 +254,12 @@ type dirState struct {
 
 func (r *resolver) endpointPolicy(ep *EndpointInfo, pols []compiledPolicy, selected []int) EndpointPolicy {
 	var dirs [2]dirState // [0] ingress, [1] egress
+	var isolating [2][]string
 	for _, pi := range selected {
 		for d := range 2 {
+			if pols[pi].active[d] {
+				isolating[d] = append(isolating[d], pols[pi].ref)
+			}
 			dirs[d].active = dirs[d].active || pols[pi].active[d]
 			dirs[d].defaultDeny = dirs[d].defaultDeny || pols[pi].defaultDeny[d]
 		}
@@ -274,7 +283,8 @@ func (r *resolver) endpointPolicy(ep *EndpointInfo, pols []compiledPolicy, selec
 	if dirs[0].active && r.in.AllowHostIngress {
 		ms.add(Key{Identity: IdentityHost}, Entry{})
 	}
-	return EndpointPolicy{IngressEnforced: dirs[0].active, EgressEnforced: dirs[1].active, Entries: ms.entries}
+	return EndpointPolicy{IngressEnforced: dirs[0].active, EgressEnforced: dirs[1].active, Entries: ms.entries,
+		IngressPolicies: isolating[0], EgressPolicies: isolating[1]}
 }
 
 // apply adds the entries of one rule to an endpoint's map state.
