@@ -5,12 +5,21 @@
  *   i.e. packets leaving a pod. Answers ARP for the router, enforces the
  *   source address, tracks connections, applies the source's egress policy
  *   and, for a local destination, that endpoint's ingress policy to new
- *   connections, then delivers to local endpoints with bpf_redirect_peer and
- *   hands everything else to the host stack.
+ *   connections, then delivers to local endpoints with bpf_redirect_peer,
+ *   encapsulates traffic for pods on other nodes (mbr_tunnel, vxlan routing
+ *   mode) through the overlay device with its identity as the VNI, and hands
+ *   everything else to the host stack.
  * from_host: tcx ingress of mbr_net, the peer of mbr_host. The host stack
  *   routes the pod CIDR out of mbr_host, so host-originated and forwarded
  *   traffic for local pods arrives here; new connections pass the
  *   destination's ingress policy, then the packet is delivered to the pod.
+ *   In vxlan routing mode the cluster CIDR is routed there too: host traffic
+ *   for a pod on another node is encapsulated as remote-node (6).
+ * from_overlay: tcx ingress of mbr_vxlan (collect_md). The VNI is the
+ *   source's identity (0 and host are refused from the wire); new
+ *   connections pass the destination's ingress policy with it, then the
+ *   packet is delivered to the pod; packets for the router address go to the
+ *   host stack.
  *
  * Replies and further packets of a tracked connection pass without policy
  * lookups. Every exit counts one verdict in mbr_metrics (metrics.h); drops,
@@ -33,6 +42,7 @@
 #include "policy.h"
 #include "metrics.h"
 #include "events.h"
+#include "tunnel.h"
 
 /* Router IPv4 address (first address of the node's pod CIDR, on mbr_host),
  * network byte order. Set by the loader through CollectionSpec.Variables. */
@@ -92,11 +102,12 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	struct iphdr *ip4 = (void *)(eth + 1);
 	struct flow4 *flow = &o->flow;
 	struct endpoint_info *src, *dst;
+	struct tunnel_value *tun;
 	__u32 peer_id, cidr_id, dst_ifindex;
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	enum ct_status ct;
-	int reason;
+	int reason, overlay;
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
@@ -158,8 +169,17 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
 	}
 
-	/* Not a local endpoint: the host stack routes it. */
+	/* Not a local endpoint: a pod on another node goes through the overlay
+	 * (every packet, not only new connections); the rest, and everything in
+	 * native routing mode, to the host stack, which routes it. With TTL 1
+	 * the stack answers time exceeded. */
 	if (!dst) {
+		overlay = overlay_for4(flow->daddr, &tun);
+		if (overlay < 0)
+			return drop_packet(skb, o, MBR_DROP_NO_TUNNEL, MBR_DIR_EGRESS);
+		if (overlay > 0 && tun && ip4->ttl > 1)
+			return to_overlay4(skb, o, eth, ip4, tun, overlay, src->identity, src->host_mac, 1,
+					   MBR_DIR_EGRESS);
 		trace_packet(skb, o, MBR_OBS_TO_STACK, MBR_DIR_EGRESS);
 		return pass(skb, TC_ACT_OK, MBR_DIR_EGRESS);
 	}
@@ -216,11 +236,12 @@ int from_host(struct __sk_buff *skb)
 	struct pkt_obs o = {};
 	struct flow4 *flow = &o.flow;
 	struct endpoint_info *dst;
+	struct tunnel_value *tun;
 	__u32 peer_id, cidr_id, dst_ifindex;
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	enum ct_status ct;
-	int reason;
+	int reason, overlay;
 
 	obs_init(&o, MBR_OBS_FROM_HOST);
 
@@ -241,10 +262,25 @@ int from_host(struct __sk_buff *skb)
 		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
 
-	/* No such endpoint (e.g. just deleted): drop rather than loop back. */
 	dst = lookup_endpoint4(ip4->daddr);
-	if (!dst)
+	if (!dst) {
+		/* A pod on another node (vxlan mode routes the cluster CIDR here):
+		 * host traffic is a remote node for the receiver. Not tracked
+		 * here; the receiving node tracks and judges it. The stack has
+		 * decremented the TTL already. */
+		overlay = overlay_for4(ip4->daddr, &tun);
+		if (overlay < 0)
+			return drop_packet(skb, &o, MBR_DROP_NO_TUNNEL, MBR_DIR_INGRESS);
+		if (overlay > 0 && tun) {
+			if (parse_flow4(skb, ip4, flow) < 0)
+				return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+			trace_packet(skb, &o, MBR_OBS_FROM_HOST, MBR_DIR_INGRESS);
+			return to_overlay4(skb, &o, eth, ip4, tun, overlay, MBR_ID_REMOTE_NODE, NULL, 0,
+					   MBR_DIR_INGRESS);
+		}
+		/* No such endpoint (e.g. just deleted): drop rather than loop back. */
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
+	}
 	o.dst_ep = dst->ep_id;
 	o.dst_identity = dst->identity;
 
@@ -274,6 +310,102 @@ int from_host(struct __sk_buff *skb)
 	}
 
 	/* The host stack already decremented the TTL when it routed the packet. */
+	eth_to_endpoint(eth, dst);
+	dst_ifindex = dst->ifindex;
+	trace_packet(skb, &o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
+	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
+}
+
+SEC("tcx/ingress")
+int from_overlay(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip4 = (void *)(eth + 1);
+	struct bpf_tunnel_key key = {};
+	struct pkt_obs o = {};
+	struct flow4 *flow = &o.flow;
+	struct endpoint_info *dst;
+	__u32 identity, peer_id, cidr_id, dst_ifindex;
+	__u32 len = skb->len;
+	__u64 now = bpf_ktime_get_ns();
+	enum ct_status ct;
+	int reason;
+
+	obs_init(&o, MBR_OBS_FROM_OVERLAY);
+
+	/* At tc ingress of a collect_md VXLAN device the data starts at the
+	 * inner Ethernet header. Shorter than one: drop. */
+	if ((void *)(eth + 1) > data_end)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	/* Only IPv4 crosses the overlay. Senders address frames without ARP
+	 * (the receiver rewrites MACs), so ARP here is noise or a probe: drop
+	 * it like IPv6 and the rest. */
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop_packet(skb, &o, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
+
+	/* Truncated or malformed IPv4 header: drop. */
+	if ((void *)(ip4 + 1) > data_end)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
+
+	/* The VNI is the source's identity. No metadata: not from a collect_md
+	 * device. Identity 0 is no identity, and the host identity is only
+	 * ever local: a remote host is remote-node (6). Both are refused. */
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop_packet(skb, &o, MBR_DROP_NO_TUNNEL, MBR_DIR_INGRESS);
+	identity = key.tunnel_id;
+	o.src_identity = identity;
+	if (identity == MBR_ID_ANY || identity == MBR_ID_HOST)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_IDENTITY, MBR_DIR_INGRESS);
+
+	/* For the node itself (replies to host connections into remote pods,
+	 * remote pods reaching this router address): the host stack. The inner
+	 * destination MAC is not the device's, so the frame was classed as for
+	 * another host; the stack would discard it as such. */
+	if (ip4->daddr == ROUTER_IP4) {
+		bpf_skb_change_type(skb, MBR_PACKET_HOST);
+		trace_packet(skb, &o, MBR_OBS_TO_STACK, MBR_DIR_INGRESS);
+		return pass(skb, TC_ACT_OK, MBR_DIR_INGRESS);
+	}
+
+	/* Not for a pod of this node: drop, never route it on. */
+	dst = lookup_endpoint4(ip4->daddr);
+	if (!dst)
+		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
+	o.dst_ep = dst->ep_id;
+	o.dst_identity = dst->identity;
+
+	/* Truncated L4 header of a first fragment: drop. */
+	if (parse_flow4(skb, ip4, flow) < 0)
+		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	ct = ct_lookup4(flow, len, now, &o.report);
+	o.ct_state = ct + 1;
+	trace_packet(skb, &o, MBR_OBS_FROM_OVERLAY, MBR_DIR_INGRESS);
+
+	/* Replies to connections the pod opened and further packets of
+	 * connections into it pass; a new connection meets the pod's ingress
+	 * policy with the VNI's identity and the CIDR identity of its source
+	 * address. */
+	if (ct == CT_NEW) {
+		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
+		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
+			reason = policy_check(dst->ep_id, 0, identity, cidr_id, flow->protocol,
+					      flow->policy_dport, &o.cookie);
+			policy_verdict(skb, &o, reason, MBR_DIR_INGRESS);
+			if (reason != MBR_FORWARDED)
+				return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
+		}
+		if (ct_create4(flow, identity, len, now) < 0)
+			return drop_packet(skb, &o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+	}
+
+	/* The sending node decremented the TTL when it routed the packet. */
 	eth_to_endpoint(eth, dst);
 	dst_ifindex = dst->ifindex;
 	trace_packet(skb, &o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);

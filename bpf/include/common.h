@@ -164,12 +164,39 @@ struct metrics_value {
 			       * of a connection and of new TCP flags */
 #define MBR_MONITOR_ALL     3 /* + a trace of every packet */
 
+/* Routing modes (dp_config.routing_mode): how pod traffic reaches a pod on
+ * another node. 0 is vxlan, so that a config written before the field
+ * existed (zero) reads as the default. */
+#define MBR_ROUTING_VXLAN  0 /* encapsulated by the datapath, identity in the VNI */
+#define MBR_ROUTING_NATIVE 1 /* to the host stack unencapsulated, routed by the kernel */
+
 /* Value of mbr_config (one entry): run-time settings the agent changes
- * without reloading the programs. pad must be zero. 16 bytes. */
+ * without reloading the programs. The fields after monitor_level were its
+ * pad words: the size (and so the pinned map) is unchanged, and a config
+ * written by an older agent reads as vxlan without an overlay device.
+ * pad must be zero. 16 bytes. */
 struct dp_config {
-	__u32 monitor_level; /* MBR_MONITOR_* */
-	__u32 pad[3];
+	__u32 monitor_level;   /* MBR_MONITOR_* */
+	__u32 routing_mode;    /* MBR_ROUTING_* */
+	__u32 overlay_ifindex; /* ifindex of mbr_vxlan (collect_md), 0 if not set up */
+	__u32 pad;
 };
+
+/* Key of mbr_tunnel: a remote node's pod CIDR, with the shape and rules of
+ * struct ipcache_key (prefixlen = 32 + prefix bits). */
+
+/* Value of mbr_tunnel: the node that owns the pod CIDR. An IPv4 node IP
+ * takes the first 4 bytes of node_ip in network byte order, the rest zero,
+ * family MBR_FAMILY_IPV4 (the only family the datapath encapsulates to yet).
+ * pad must be zero. 20 bytes. */
+struct tunnel_value {
+	__u8 node_ip[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* A VXLAN VNI has 24 bits: the largest identity that fits. */
+#define MBR_VNI_MAX 0xffffff
 
 /* ARP constants (RFC 826). Defined here because <linux/if_arp.h> pulls in
  * libc headers that do not build for the bpf target. */

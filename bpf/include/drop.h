@@ -14,6 +14,10 @@
 #define MBR_DROP_CT_MAP_FULL        5 /* conntrack entry could not be created */
 #define MBR_DROP_UNKNOWN_ENDPOINT   6 /* from_host: destination is no local endpoint */
 #define MBR_DROP_TTL_EXCEEDED       7 /* reserved: TTL <= 1 goes to the stack today */
-#define MBR_DROP_UNSUPPORTED_L3     8 /* from_host: not IPv4 */
+#define MBR_DROP_UNSUPPORTED_L3     8 /* from_host, from_overlay: not IPv4 (ARP included) */
+#define MBR_DROP_NO_TUNNEL          9 /* destination behind a tunnel, but no usable overlay device
+				       * or tunnel entry; from_overlay: no tunnel metadata */
+#define MBR_DROP_INVALID_IDENTITY  10 /* identity unfit for the wire: VNI 0 or host (1) received,
+				       * or a source identity that is no 24-bit VNI to send */
 
 #endif /* __MBR_DROP_H */

@@ -45,8 +45,8 @@
 #define MBR_OBS_TO_ENDPOINT   2 /* redirected into a local pod */
 #define MBR_OBS_TO_STACK      3 /* handed to the host stack */
 #define MBR_OBS_FROM_HOST     4 /* from_host: from the host stack to a pod */
-#define MBR_OBS_TO_OVERLAY    5 /* reserved: tunnel */
-#define MBR_OBS_FROM_OVERLAY  6 /* reserved: tunnel */
+#define MBR_OBS_TO_OVERLAY    5 /* encapsulated and redirected to the overlay device */
+#define MBR_OBS_FROM_OVERLAY  6 /* from_overlay: decapsulated, from a remote node */
 
 /* flow_event.ct_state: enum ct_status + 1; 0 before conntrack. */
 #define MBR_CT_STATE_NEW         1
@@ -62,8 +62,9 @@ struct flow_event {
 	__u8  obs_point;      /* MBR_OBS_* */
 	__u8  verdict;        /* 0 forwarded, 1 dropped */
 	__u8  direction;      /* MBR_DIR_*: of the drop or verdict; of a trace, as seen by the
-			       * endpoint (FROM_ENDPOINT, TO_STACK egress; FROM_HOST,
-			       * TO_ENDPOINT ingress) */
+			       * endpoint (FROM_ENDPOINT, TO_STACK, TO_OVERLAY egress;
+			       * FROM_HOST, FROM_OVERLAY, TO_ENDPOINT ingress; TO_OVERLAY
+			       * from from_host: ingress) */
 	__u8  protocol;       /* IP protocol */
 	__u8  tcp_flags;      /* TCP flags byte of the packet (MBR_TCP_*) */
 	__u8  family;         /* MBR_FAMILY_IPV4, or 0 if dropped before its IP header was valid */

@@ -27,6 +27,9 @@
 #ifndef MBR_CT_ANY_MAP_SIZE
 #define MBR_CT_ANY_MAP_SIZE 262144
 #endif
+#ifndef MBR_TUNNEL_MAP_SIZE
+#define MBR_TUNNEL_MAP_SIZE 65536
+#endif
 /* Bytes of the event ring buffer: a power of two and a multiple of the page
  * size. */
 #ifndef MBR_EVENTS_RING_SIZE
@@ -54,6 +57,17 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mbr_ipcache SEC(".maps");
+
+/* mbr_tunnel: remote node's pod CIDR (longest match) -> that node's IP, the
+ * outer destination of the VXLAN overlay. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct tunnel_value);
+	__uint(max_entries, MBR_TUNNEL_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mbr_tunnel SEC(".maps");
 
 /* Template of one endpoint's policy map: (peer identity, direction, protocol,
  * port prefix) -> allow/deny and rule cookie. Created per endpoint from Go. */

@@ -36,9 +36,11 @@ type datapathCtKey struct {
 }
 
 type datapathDpConfig struct {
-	_            structs.HostLayout
-	MonitorLevel uint32
-	Pad          [3]uint32
+	_              structs.HostLayout
+	MonitorLevel   uint32
+	RoutingMode    uint32
+	OverlayIfindex uint32
+	Pad            uint32
 }
 
 type datapathEndpointInfo struct {
@@ -129,6 +131,13 @@ type datapathPolicyValue struct {
 	Cookie uint32
 }
 
+type datapathTunnelValue struct {
+	_      structs.HostLayout
+	NodeIp [16]uint8
+	Family uint8
+	Pad    [3]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -142,8 +151,10 @@ const (
 	datapathMapMbrIpcache                  = "mbr_ipcache"
 	datapathMapMbrMetrics                  = "mbr_metrics"
 	datapathMapMbrPolicy                   = "mbr_policy"
+	datapathMapMbrTunnel                   = "mbr_tunnel"
 	datapathProgFromContainer              = "from_container"
 	datapathProgFromHost                   = "from_host"
+	datapathProgFromOverlay                = "from_overlay"
 	datapathVarCT_LIFETIME_ANY             = "CT_LIFETIME_ANY"
 	datapathVarCT_LIFETIME_TCP_CLOSE       = "CT_LIFETIME_TCP_CLOSE"
 	datapathVarCT_LIFETIME_TCP_ESTABLISHED = "CT_LIFETIME_TCP_ESTABLISHED"
@@ -195,6 +206,7 @@ type datapathSpecs struct {
 type datapathProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromHost      *ebpf.ProgramSpec `ebpf:"from_host"`
+	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -210,6 +222,7 @@ type datapathMapSpecs struct {
 	MbrIpcache    *ebpf.MapSpec `ebpf:"mbr_ipcache"`
 	MbrMetrics    *ebpf.MapSpec `ebpf:"mbr_metrics"`
 	MbrPolicy     *ebpf.MapSpec `ebpf:"mbr_policy"`
+	MbrTunnel     *ebpf.MapSpec `ebpf:"mbr_tunnel"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -252,6 +265,7 @@ type datapathMaps struct {
 	MbrIpcache    *ebpf.Map `ebpf:"mbr_ipcache"`
 	MbrMetrics    *ebpf.Map `ebpf:"mbr_metrics"`
 	MbrPolicy     *ebpf.Map `ebpf:"mbr_policy"`
+	MbrTunnel     *ebpf.Map `ebpf:"mbr_tunnel"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -265,6 +279,7 @@ func (m *datapathMaps) Close() error {
 		m.MbrIpcache,
 		m.MbrMetrics,
 		m.MbrPolicy,
+		m.MbrTunnel,
 	)
 }
 
@@ -285,12 +300,14 @@ type datapathVariables struct {
 type datapathPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
 	FromHost      *ebpf.Program `ebpf:"from_host"`
+	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
 		p.FromHost,
+		p.FromOverlay,
 	)
 }
 

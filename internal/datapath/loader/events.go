@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 )
 
@@ -99,8 +98,7 @@ func (d *Datapath) SetMonitorLevel(l MonitorLevel) error {
 		return fmt.Errorf("set monitor level: %w", err)
 	}
 	l = l.orDefault()
-	c := datapathDpConfig{MonitorLevel: uint32(l) - 1}
-	if err := d.objs.MbrConfig.Update(uint32(0), c, ebpf.UpdateAny); err != nil {
+	if err := d.updateConfig(func(c *datapathDpConfig) { c.MonitorLevel = uint32(l) - 1 }); err != nil {
 		return fmt.Errorf("set monitor level to %s: %w", l, err)
 	}
 	return nil
@@ -161,8 +159,8 @@ const (
 	ObsToEndpoint   ObsPoint = 2 // delivered into a local pod
 	ObsToStack      ObsPoint = 3 // handed to the host stack
 	ObsFromHost     ObsPoint = 4 // from the host stack towards a pod (from_host)
-	ObsToOverlay    ObsPoint = 5 // reserved: into the tunnel
-	ObsFromOverlay  ObsPoint = 6 // reserved: out of the tunnel
+	ObsToOverlay    ObsPoint = 5 // encapsulated and redirected to the overlay device
+	ObsFromOverlay  ObsPoint = 6 // from another node through the overlay (from_overlay)
 )
 
 var obsPointNames = [...]string{

@@ -75,6 +75,7 @@ type Config struct {
 	PolicyMapSize   uint32     // 0 = default 16384, entries per endpoint policy map
 	CTTCPSize       uint32     // 0 = default 1048576
 	CTAnySize       uint32     // 0 = default 262144
+	TunnelMapSize   uint32     // 0 = default 65536, remote pod CIDRs
 	CTTimeouts      CTTimeouts // zero fields = defaults
 	// EventsRingSize is the size in bytes of the flow event ring buffer:
 	// 0 = default 4 MiB, else a power of two and a multiple of the page
@@ -85,7 +86,12 @@ type Config struct {
 	// means MonitorDefault (MonitorOff is 1). SetMonitorLevel changes it
 	// later without a reload.
 	MonitorLevel MonitorLevel
-	Logger       *slog.Logger
+	// RoutingMode is how traffic reaches pods on other nodes: RoutingVXLAN
+	// ("" means it too) or RoutingNative. Written to the datapath at Load;
+	// SetRoutingMode changes it later without a reload. The overlay
+	// device is not known at Load: see SetOverlayDevice.
+	RoutingMode string
+	Logger      *slog.Logger
 }
 
 // CTTimeouts are the conntrack lifetimes: how long an idle connection stays
@@ -153,6 +159,9 @@ func (c Config) Validate() error {
 	if err := c.MonitorLevel.validate(); err != nil {
 		return err
 	}
+	if _, err := routingModeValue(c.RoutingMode); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -169,6 +178,7 @@ func (c Config) policyMapSize() uint32   { return orDefault(c.PolicyMapSize, Def
 func (c Config) ctTCPSize() uint32       { return orDefault(c.CTTCPSize, DefaultCTTCPSize) }
 func (c Config) ctAnySize() uint32       { return orDefault(c.CTAnySize, DefaultCTAnySize) }
 func (c Config) eventsRingSize() uint32  { return orDefault(c.EventsRingSize, DefaultEventsRingSize) }
+func (c Config) tunnelMapSize() uint32   { return orDefault(c.TunnelMapSize, DefaultTunnelMapSize) }
 
 // EndpointInfo is how the datapath delivers to a local endpoint and who
 // the endpoint is for policy.
@@ -202,6 +212,7 @@ type Datapath struct {
 	links map[string]link.Link // by pin name, e.g. lxc_lxc1234
 
 	policyMu sync.Mutex // serialises changes of endpoint policy maps
+	cfgMu    sync.Mutex // serialises read-modify-writes of mbr_config
 }
 
 // Load loads the datapath, reusing maps pinned under cfg.PinDir.
@@ -237,6 +248,7 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	spec.Maps[datapathMapMbrCtTcp].MaxEntries = cfg.ctTCPSize()
 	spec.Maps[datapathMapMbrCtAny].MaxEntries = cfg.ctAnySize()
 	spec.Maps[datapathMapMbrEvents].MaxEntries = cfg.eventsRingSize()
+	spec.Maps[datapathMapMbrTunnel].MaxEntries = cfg.tunnelMapSize()
 	inner := spec.Maps[datapathMapMbrPolicy].InnerMap
 	if inner == nil {
 		return nil, fmt.Errorf("load datapath: map %s has no inner map spec", datapathMapMbrPolicy)
@@ -259,12 +271,18 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 		}
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
+	// The overlay ifindex in a reused mbr_config is kept: a restarted
+	// agent keeps encapsulating until it calls SetOverlayDevice again.
 	if err := d.SetMonitorLevel(cfg.MonitorLevel); err != nil {
 		d.objs.Close()
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
+	if err := d.SetRoutingMode(cfg.RoutingMode); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
 	log.Debug("datapath loaded", "pin_dir", cfg.PinDir, "router_ipv4", cfg.RouterIPv4,
-		"endpoint_map_capacity", d.EndpointMapCapacity())
+		"endpoint_map_capacity", d.EndpointMapCapacity(), "routing_mode", cfg.RoutingMode)
 	return d, nil
 }
 
@@ -382,20 +400,25 @@ func (d *Datapath) AttachEndpoint(ifname string, ifindex int) error {
 // DetachEndpoint detaches from_container from ifname and removes its
 // pinned link. Detaching an endpoint that is not attached is not an error.
 func (d *Datapath) DetachEndpoint(ifname string) error {
-	if err := checkIfname(ifname); err != nil {
-		return fmt.Errorf("detach endpoint %q: %w", ifname, err)
+	if err := d.detach("lxc_", ifname); err != nil {
+		return fmt.Errorf("detach endpoint %s: %w", ifname, err)
 	}
-	name := "lxc_" + ifname
+	return nil
+}
+
+// detach forgets the link pinned as <prefix><ifname> and detaches it.
+func (d *Datapath) detach(prefix, ifname string) error {
+	if err := checkIfname(ifname); err != nil {
+		return fmt.Errorf("%q: %w", ifname, err)
+	}
+	name := prefix + ifname
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if l, ok := d.links[name]; ok {
 		delete(d.links, name)
 		l.Close()
 	}
-	if err := detachPinnedLink(d.linkPinPath(name)); err != nil {
-		return fmt.Errorf("detach endpoint %s: %w", ifname, err)
-	}
-	return nil
+	return detachPinnedLink(d.linkPinPath(name))
 }
 
 // detachPinnedLink detaches the link pinned at path and removes the pin. A

@@ -22,8 +22,16 @@ const (
 	DropCTMapFull       DropReason = 5 // conntrack entry could not be created
 	DropUnknownEndpoint DropReason = 6 // from_host: destination is no local endpoint
 	DropTTLExceeded     DropReason = 7 // reserved: TTL <= 1 goes to the stack today
-	DropUnsupportedL3   DropReason = 8 // from_host: not IPv4
-	maxKnownDropReason             = DropUnsupportedL3
+	DropUnsupportedL3   DropReason = 8 // from_host, from_overlay: not IPv4 (ARP included)
+	// DropNoTunnel: the destination is behind a tunnel (vxlan mode) but
+	// no overlay device is set (SetOverlayDevice) or the entry is unusable;
+	// in from_overlay, a packet without tunnel metadata.
+	DropNoTunnel DropReason = 9
+	// DropInvalidIdentity: an identity unfit for the wire: VNI 0 or host
+	// (1) received from the overlay, or a source identity that is no 24-bit
+	// VNI to send.
+	DropInvalidIdentity DropReason = 10
+	maxKnownDropReason             = DropInvalidIdentity
 )
 
 var dropReasonNames = [...]string{
@@ -36,6 +44,8 @@ var dropReasonNames = [...]string{
 	DropUnknownEndpoint: "unknown endpoint",
 	DropTTLExceeded:     "TTL exceeded",
 	DropUnsupportedL3:   "unsupported L3 protocol",
+	DropNoTunnel:        "no tunnel",
+	DropInvalidIdentity: "invalid identity",
 }
 
 func (r DropReason) String() string {
@@ -55,6 +65,8 @@ var dropReasonCodes = [...]string{
 	DropUnknownEndpoint: "UNKNOWN_ENDPOINT",
 	DropTTLExceeded:     "TTL_EXCEEDED",
 	DropUnsupportedL3:   "UNSUPPORTED_L3",
+	DropNoTunnel:        "NO_TUNNEL",
+	DropInvalidIdentity: "INVALID_IDENTITY",
 }
 
 // Code is the reason's stable upper-case name, as in bpf/include/drop.h;
@@ -135,6 +147,7 @@ func (d *Datapath) MapPressure() ([]MapUsage, error) {
 	}{
 		{datapathMapMbrEndpoints, d.objs.MbrEndpoints},
 		{datapathMapMbrIpcache, d.objs.MbrIpcache},
+		{datapathMapMbrTunnel, d.objs.MbrTunnel},
 		{datapathMapMbrPolicy, d.objs.MbrPolicy},
 		{datapathMapMbrCtTcp, d.objs.MbrCtTcp},
 		{datapathMapMbrCtAny, d.objs.MbrCtAny},

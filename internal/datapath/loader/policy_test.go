@@ -391,6 +391,7 @@ func TestMapPressureAndMetrics(t *testing.T) {
 	want := []MapUsage{
 		{"mbr_endpoints", 1, 8},
 		{"mbr_ipcache", 1, 16},
+		{"mbr_tunnel", 0, 65536},
 		{"mbr_policy", 1, 8},
 		{"mbr_ct_tcp", 0, 32},
 		{"mbr_ct_any", 1, 16},

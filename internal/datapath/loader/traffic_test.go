@@ -46,6 +46,13 @@ type testPod struct {
 // the router as on-link gateway of the default route.
 func addPod(t *testing.T, node netns.NsHandle, ip netip.Addr) testPod {
 	t.Helper()
+	return addPodVia(t, node, ip, routerIP)
+}
+
+// addPodVia is addPod with the given router address. It leaves the calling
+// thread in node.
+func addPodVia(t *testing.T, node netns.NsHandle, ip, routerIP netip.Addr) testPod {
+	t.Helper()
 	sfx := testutil.UniqueSuffix()
 	name := "mbr-test-pod-" + sfx
 	pod, err := netns.NewNamed(name) // switches this thread into it

@@ -21,6 +21,7 @@ func TestVerifierStats(t *testing.T) {
 	for name, prog := range map[string]*ebpf.Program{
 		datapathProgFromContainer: dp.objs.FromContainer,
 		datapathProgFromHost:      dp.objs.FromHost,
+		datapathProgFromOverlay:   dp.objs.FromOverlay,
 	} {
 		info, err := prog.Info()
 		if err != nil {
