@@ -311,5 +311,6 @@ func newBPFCmd(g *globals) *cobra.Command {
 	})
 	cmd.AddCommand(ep)
 	addBPFPolicyCmds(g, cmd)
+	addBPFTunnelCmd(g, cmd)
 	return cmd
 }

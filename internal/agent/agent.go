@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/membrane-net/membrane/internal/api"
+	"github.com/membrane-net/membrane/internal/bgp"
 	"github.com/membrane-net/membrane/internal/datapath/link"
 	"github.com/membrane-net/membrane/internal/datapath/loader"
 	"github.com/membrane-net/membrane/internal/endpoint"
@@ -30,9 +31,15 @@ type Agent struct {
 	cfg          Config
 	log          *slog.Logger
 	pool         netip.Prefix
+	cluster      netip.Prefix
+	nodeIP       netip.Addr
 	monitorLevel loader.MonitorLevel
-	router       netip.Addr
-	startedAt    time.Time
+
+	session     *kvstore.Session
+	clusterSync *clusterSync
+	bgp         *bgp.Speaker
+	router      netip.Addr
+	startedAt   time.Time
 
 	kv     *kvstore.Store
 	dp     *loader.Datapath
@@ -58,9 +65,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pool, _ := cfg.Prefix()
 	level, _ := loader.ParseMonitorLevel(cfg.MonitorLevel)
-	a := &Agent{cfg: cfg, log: log, pool: pool, router: ipam.RouterAddr(pool), monitorLevel: level}
+	a := &Agent{cfg: cfg, log: log, monitorLevel: level}
+	a.cluster, _ = cfg.Cluster()
+	if cfg.PodCIDR != "" {
+		a.pool, _ = cfg.Prefix()
+		a.router = ipam.RouterAddr(a.pool)
+	}
 	a.metrics = metrics.New(metricsSource{a})
 	return a, nil
 }
@@ -95,6 +106,26 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	a.kv = kv
 	a.log.Info("kvstore connected", "mode", kv.Mode(), "endpoints", kv.Endpoints())
 
+	// The pod CIDR: claimed (given) or allocated from the cluster CIDR.
+	if a.pool.IsValid() {
+		if err := kvstore.ClaimPodCIDR(ctx, kv.Client, a.cfg.NodeName, a.pool); err != nil {
+			return err
+		}
+	} else {
+		p, err := kvstore.AllocatePodCIDR(ctx, kv.Client, a.cfg.NodeName, a.cluster, 24)
+		if err != nil {
+			return err
+		}
+		a.pool, a.router = p, ipam.RouterAddr(p)
+		a.log.Info("pod CIDR allocated from the cluster pool", "podCIDR", p, "cluster", a.cluster)
+	}
+	a.nodeIP = a.router
+	if a.cfg.NodeIP != "" {
+		a.nodeIP = netip.MustParseAddr(a.cfg.NodeIP)
+	} else if ip, ok := link.DetectNodeIP(); ok {
+		a.nodeIP = ip
+	}
+
 	if err := link.EnsureBPFFS(filepath.Dir(a.cfg.BPFRoot)); err != nil {
 		return err
 	}
@@ -108,6 +139,8 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		CTAnySize:       a.cfg.CTAnySize,
 		EventsRingSize:  a.cfg.EventsRingSize,
 		MonitorLevel:    a.monitorLevel,
+		TunnelMapSize:   a.cfg.TunnelMapSize,
+		RoutingMode:     a.cfg.RoutingMode,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -122,13 +155,35 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	if err := dp.AttachHost(link.NetDevice, hd.NetIfIndex); err != nil {
 		return fmt.Errorf("attach from-host program to %s: %w", link.NetDevice, err)
 	}
+	podMTU := a.cfg.MTU
+	if a.cfg.RoutingMode == "vxlan" {
+		// The overlay: mbr_vxlan with the from-overlay program, and the
+		// cluster CIDR routed into mbr_host so the node's own traffic to
+		// remote pods is tunnelled by from_host. VXLAN costs 50 bytes.
+		podMTU = a.cfg.MTU - 50
+		ifindex, err := link.EnsureVXLAN(a.nodeIP, podMTU)
+		if err != nil {
+			return err
+		}
+		if err := dp.AttachOverlay(link.OverlayDevice, ifindex); err != nil {
+			return fmt.Errorf("attach from-overlay program to %s: %w", link.OverlayDevice, err)
+		}
+		if err := dp.SetOverlayDevice(ifindex); err != nil {
+			return err
+		}
+		if err := link.EnsureClusterRoute(a.cluster, a.router, podMTU); err != nil {
+			return err
+		}
+	} else if err := link.EnableForwarding(); err != nil {
+		return err
+	}
 
 	alloc, err := ipam.NewHostScope(ctx, a.pool, kvstore.NewIPAMStore(kv.Client, a.cfg.NodeName))
 	if err != nil {
 		return err
 	}
 	a.alloc = alloc
-	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Router: a.router, MTU: a.cfg.MTU, Logger: a.log},
+	eps, err := endpoint.NewManager(endpoint.Config{StateDir: a.cfg.StateDir, Router: a.router, MTU: podMTU, Logger: a.log},
 		alloc, osLinks{}, dp)
 	if err != nil {
 		return err
@@ -161,9 +216,35 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
-	a.wg.Add(2)
+
+	// The cluster: this node's leased registration and endpoint records,
+	// and a watcher that turns other nodes into tunnel and ipcache
+	// entries.
+	a.session = kvstore.NewSession(kv.Client, a.cfg.NodeLeaseTTL, a.log)
+	a.clusterSync = newClusterSync(a)
+	if err := a.clusterSync.register(ctx); err != nil {
+		return err
+	}
+	a.wg.Add(4)
+	go func() { defer a.wg.Done(); a.session.Run(bg) }()
+	go func() { defer a.wg.Done(); a.clusterSync.watch(bg) }()
 	go func() { defer a.wg.Done(); a.policy.watch(bg) }()
 	go func() { defer a.wg.Done(); a.ctGC(bg) }()
+
+	if a.cfg.BGPASN != 0 {
+		peers, _ := bgp.ParsePeers(a.cfg.BGPPeers)
+		rid := a.nodeIP
+		if a.cfg.BGPRouterID != "" {
+			rid = netip.MustParseAddr(a.cfg.BGPRouterID)
+		}
+		sp, err := bgp.Start(ctx, bgp.Config{ASN: a.cfg.BGPASN, RouterID: rid, Peers: peers,
+			Advertise: []netip.Prefix{a.pool}, NextHop: a.nodeIP, Logger: a.log})
+		if err != nil {
+			return err
+		}
+		a.bgp = sp
+		a.log.Info("BGP speaker started", "asn", a.cfg.BGPASN, "peers", a.cfg.BGPPeers, "advertises", a.pool)
+	}
 
 	srv, err := api.Listen(a.cfg.SocketPath, a.metrics.InstrumentHandler(api.NewHandler(a, a.log)))
 	if err != nil {
@@ -196,6 +277,10 @@ func (a *Agent) Stop(ctx context.Context) error {
 		errs = append(errs, a.server.Shutdown(sctx))
 		cancel()
 		a.server = nil
+	}
+	if a.bgp != nil {
+		a.bgp.Stop()
+		a.bgp = nil
 	}
 	if a.obs != nil && a.obs.reader != nil {
 		errs = append(errs, a.obs.reader.Close())

@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/membrane-net/membrane/internal/api"
+	"github.com/membrane-net/membrane/internal/bgp"
 	"github.com/membrane-net/membrane/internal/datapath/loader"
 )
 
@@ -31,6 +33,14 @@ type Config struct {
 	MTU              int
 	LogLevel         string
 	PrometheusAddr   string
+	NodeIP           string
+	ClusterCIDR      string
+	RoutingMode      string
+	BGPASN           uint32
+	BGPPeers         string
+	BGPRouterID      string
+	NodeLeaseTTL     time.Duration
+	TunnelMapSize    uint32
 	FlowBufferSize   int
 	MonitorLevel     string
 	EventsRingSize   uint32
@@ -43,7 +53,11 @@ func DefaultConfig() Config {
 		NodeName:        host,
 		StateDir:        "/var/lib/membrane",
 		SocketPath:      api.DefaultSocketPath,
-		PodCIDR:         "10.200.0.0/24",
+		PodCIDR:         "",
+		ClusterCIDR:     "10.200.0.0/16",
+		RoutingMode:     "vxlan",
+		NodeLeaseTTL:    15 * time.Second,
+		TunnelMapSize:   65536,
 		BPFRoot:         "/sys/fs/bpf/membrane",
 		EndpointMapSize: 65536,
 		IPCacheSize:     512 * 1024,
@@ -63,7 +77,15 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node; also names the BPF pin directory <bpf-root>/<node-name>")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for endpoint state and the embedded etcd's data")
 	fs.StringVar(&c.SocketPath, "socket", c.SocketPath, "unix socket of the HTTP/JSON API (created with mode 0600)")
-	fs.StringVar(&c.PodCIDR, "pod-cidr", c.PodCIDR, "this node's pod CIDR; its first address is the router IP on mbr_host")
+	fs.StringVar(&c.PodCIDR, "pod-cidr", c.PodCIDR, "this node's pod CIDR (inside --cluster-cidr); empty: a /24 of --cluster-cidr is allocated through etcd. Its first address is the router IP on mbr_host")
+	fs.StringVar(&c.ClusterCIDR, "cluster-cidr", c.ClusterCIDR, "the cluster's pod address space, from which nodes get their pod CIDRs")
+	fs.StringVar(&c.NodeIP, "node-ip", c.NodeIP, "this node's address on the network between nodes (tunnel endpoint, BGP next hop); empty: detected")
+	fs.StringVar(&c.RoutingMode, "routing-mode", c.RoutingMode, "how pods reach other nodes: vxlan (overlay, identity in the VNI) or native (unencapsulated, routes via BGP)")
+	fs.Uint32Var(&c.BGPASN, "bgp-asn", c.BGPASN, "this node's BGP AS number (0: no BGP); advertises the pod CIDR to --bgp-peers")
+	fs.StringVar(&c.BGPPeers, "bgp-peers", c.BGPPeers, "BGP neighbors, IP:ASN[,IP:ASN]")
+	fs.StringVar(&c.BGPRouterID, "bgp-router-id", c.BGPRouterID, "BGP router id (default: the node IP)")
+	fs.DurationVar(&c.NodeLeaseTTL, "node-lease-ttl", c.NodeLeaseTTL, "a node that stops renewing its etcd lease leaves the cluster after this")
+	fs.Uint32Var(&c.TunnelMapSize, "tunnel-map-size", c.TunnelMapSize, "entries of the BPF tunnel map (remote pod CIDR → node IP)")
 	fs.StringVar(&c.BPFRoot, "bpf-root", c.BPFRoot, "directory on a bpffs under which this node's maps and links are pinned")
 	fs.StringSliceVar(&c.KvstoreEndpoints, "kvstore-endpoints", c.KvstoreEndpoints, "external etcd endpoints (http://host:port, unix:///path); empty = start an embedded etcd under --state-dir")
 	fs.Uint32Var(&c.EndpointMapSize, "endpoint-map-size", c.EndpointMapSize, "entries of the BPF endpoint map")
@@ -95,12 +117,42 @@ func (c Config) Validate() error {
 	if len(c.SocketPath) > 100 {
 		errs = append(errs, fmt.Errorf("--socket %q: longer than 100 bytes (unix socket limit)", c.SocketPath))
 	}
-	if p, err := c.Prefix(); err != nil {
-		errs = append(errs, err)
-	} else if !p.Addr().Is4() {
-		errs = append(errs, fmt.Errorf("--pod-cidr %s: only IPv4 is supported yet", p))
-	} else if p.Bits() > 30 || p.Bits() < 12 {
-		errs = append(errs, fmt.Errorf("--pod-cidr %s: prefix length must be /12 to /30", p))
+	cluster, cerr := c.Cluster()
+	if cerr != nil {
+		errs = append(errs, cerr)
+	}
+	if c.PodCIDR != "" {
+		if p, err := c.Prefix(); err != nil {
+			errs = append(errs, err)
+		} else if !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("--pod-cidr %s: only IPv4 is supported yet", p))
+		} else if p.Bits() > 30 || p.Bits() < 12 {
+			errs = append(errs, fmt.Errorf("--pod-cidr %s: prefix length must be /12 to /30", p))
+		} else if cerr == nil && (!cluster.Contains(p.Addr()) || p.Bits() < cluster.Bits()) {
+			errs = append(errs, fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", p, cluster))
+		}
+	}
+	if c.NodeIP != "" {
+		if a, err := netip.ParseAddr(c.NodeIP); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("--node-ip %q: want an IPv4 address", c.NodeIP))
+		}
+	}
+	if c.RoutingMode != "vxlan" && c.RoutingMode != "native" {
+		errs = append(errs, fmt.Errorf("--routing-mode %q: want vxlan or native", c.RoutingMode))
+	}
+	if c.BGPPeers != "" && c.BGPASN == 0 {
+		errs = append(errs, fmt.Errorf("--bgp-peers %q needs --bgp-asn", c.BGPPeers))
+	}
+	if _, err := bgp.ParsePeers(c.BGPPeers); err != nil {
+		errs = append(errs, fmt.Errorf("--bgp-peers: %w", err))
+	}
+	if c.BGPRouterID != "" {
+		if a, err := netip.ParseAddr(c.BGPRouterID); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("--bgp-router-id %q: want an IPv4 address", c.BGPRouterID))
+		}
+	}
+	if c.NodeLeaseTTL < 5*time.Second || c.NodeLeaseTTL > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--node-lease-ttl %s: want 5s to 10m", c.NodeLeaseTTL))
 	}
 	if c.EndpointMapSize < 16 || c.EndpointMapSize > 1<<20 {
 		errs = append(errs, fmt.Errorf("--endpoint-map-size %d: want 16 to 1048576", c.EndpointMapSize))
@@ -108,7 +160,7 @@ func (c Config) Validate() error {
 	for _, m := range []struct {
 		flag string
 		v    uint32
-	}{{"--ipcache-map-size", c.IPCacheSize}, {"--policy-map-size", c.PolicyMapSize}, {"--ct-tcp-map-size", c.CTTCPSize}, {"--ct-any-map-size", c.CTAnySize}} {
+	}{{"--ipcache-map-size", c.IPCacheSize}, {"--policy-map-size", c.PolicyMapSize}, {"--ct-tcp-map-size", c.CTTCPSize}, {"--ct-any-map-size", c.CTAnySize}, {"--tunnel-map-size", c.TunnelMapSize}} {
 		if m.v < 16 || m.v > 1<<24 {
 			errs = append(errs, fmt.Errorf("%s %d: want 16 to 16777216", m.flag, m.v))
 		}
@@ -141,6 +193,18 @@ func (c Config) Prefix() (netip.Prefix, error) {
 	}
 	if p != p.Masked() {
 		return netip.Prefix{}, fmt.Errorf("--pod-cidr %s: host bits set; did you mean %s?", p, p.Masked())
+	}
+	return p, nil
+}
+
+// Cluster parses --cluster-cidr.
+func (c Config) Cluster() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.ClusterCIDR)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("--cluster-cidr %q: %w", c.ClusterCIDR, err)
+	}
+	if p != p.Masked() || !p.Addr().Is4() || p.Bits() > 24 {
+		return netip.Prefix{}, fmt.Errorf("--cluster-cidr %s: want a masked IPv4 prefix of /24 or larger", p)
 	}
 	return p, nil
 }

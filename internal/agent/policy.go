@@ -37,6 +37,8 @@ type policyEngine struct {
 	ipcache   map[netip.Prefix]loader.IPCacheEntry // last applied
 	policied  map[uint16]bool                      // endpoints with a policy map
 	input     policy.Input
+	// lastIdentities is the last identity list read from etcd.
+	lastIdentities map[identity.ID]string
 	result    policy.Result
 	lastErr   error
 	lastDur   time.Duration
@@ -144,8 +146,14 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 	}()
 	all, err := a.idAlloc.List(ctx)
 	if err != nil {
-		return err
+		if e.lastIdentities == nil {
+			return err
+		}
+		// etcd unreachable: keep computing with the identities last seen.
+		a.log.Warn("list identities failed; using the last known set", "err", err)
+		all = e.lastIdentities
 	}
+	e.lastIdentities = all
 	idents := make([]policy.Identity, 0, len(all))
 	for id, canonical := range all {
 		m, err := identity.ParseCanonical(canonical)
@@ -202,8 +210,17 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 		p := netip.PrefixFrom(ep.IPv4, 32)
 		want[p] = loader.IPCacheEntry{Prefix: p, Identity: uint32(newIDs[ep.ID]), CIDRIdentity: cidrOf(ep.IPv4)}
 	}
-	rp := netip.PrefixFrom(a.router, 32)
-	want[rp] = loader.IPCacheEntry{Prefix: rp, Identity: uint32(identity.Host), CIDRIdentity: cidrOf(a.router)}
+	for p, id := range a.clusterSync.remoteEntries() {
+		if _, local := want[p]; !local {
+			want[p] = loader.IPCacheEntry{Prefix: p, Identity: id, CIDRIdentity: cidrOf(p.Addr())}
+		}
+	}
+	for _, own := range []netip.Addr{a.router, a.nodeIP} {
+		if own.IsValid() {
+			p := netip.PrefixFrom(own, 32)
+			want[p] = loader.IPCacheEntry{Prefix: p, Identity: uint32(identity.Host), CIDRIdentity: cidrOf(own)}
+		}
+	}
 	var errs []error
 	for p, w := range want {
 		if cur, ok := e.ipcache[p]; ok && cur == w {
@@ -257,6 +274,14 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	// Tell the cluster which identity each local pod address has. etcd
+	// being unreachable must not fail the local computation: the session
+	// writes the records once it is back.
+	if a.clusterSync != nil {
+		if err := a.clusterSync.publish(ctx, eps, newIDs); err != nil {
+			a.log.Warn("publish endpoints to the cluster", "err", err)
+		}
 	}
 	e.input, e.result = in, res
 	e.revision++

@@ -280,3 +280,31 @@ func (c *Client) Flows(ctx context.Context, q FlowQuery, each func(Flow) error) 
 func (c *Client) Monitor(ctx context.Context, each func(json.RawMessage) error) error {
 	return c.stream(ctx, "/v1/monitor", struct{}{}, each)
 }
+
+// Nodes lists the cluster's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var out []Node
+	err := c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+	return out, err
+}
+
+// BPFTunnels dumps the tunnel map.
+func (c *Client) BPFTunnels(ctx context.Context) ([]BPFTunnelEntry, error) {
+	var out []BPFTunnelEntry
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/tunnel", nil, &out)
+	return out, err
+}
+
+// BGPPeers lists BGP sessions.
+func (c *Client) BGPPeers(ctx context.Context) ([]BGPPeer, error) {
+	var out []BGPPeer
+	err := c.do(ctx, http.MethodGet, "/v1/bgp/peers", nil, &out)
+	return out, err
+}
+
+// BGPRoutes lists the BGP table.
+func (c *Client) BGPRoutes(ctx context.Context) ([]BGPRoute, error) {
+	var out []BGPRoute
+	err := c.do(ctx, http.MethodGet, "/v1/bgp/routes", nil, &out)
+	return out, err
+}

@@ -41,6 +41,10 @@ type Backend interface {
 	Flows(ctx context.Context, q FlowQuery, emit func(Flow) error) error
 	// Monitor emits raw datapath events until ctx ends.
 	Monitor(ctx context.Context, emit func(any) error) error
+	Nodes(ctx context.Context) ([]Node, error)
+	BPFTunnels(ctx context.Context) ([]BPFTunnelEntry, error)
+	BGPPeers(ctx context.Context) ([]BGPPeer, error)
+	BGPRoutes(ctx context.Context) ([]BGPRoute, error)
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -163,6 +167,22 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 		st := newStreamer(w)
 		err := b.Monitor(r.Context(), st.emit)
 		st.finish(h, r, err)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.Nodes(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bpf/tunnel", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BPFTunnels(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bgp/peers", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BGPPeers(r.Context())
+		h.reply(w, r, out, err)
+	})
+	mux.HandleFunc("GET /v1/bgp/routes", func(w http.ResponseWriter, r *http.Request) {
+		out, err := b.BGPRoutes(r.Context())
+		h.reply(w, r, out, err)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)})

@@ -77,6 +77,15 @@ func (f *fakeBackend) Monitor(_ context.Context, emit func(any) error) error {
 	return emit(map[string]int{"type": 1})
 }
 
+func (f *fakeBackend) Nodes(context.Context) ([]Node, error) {
+	return []Node{{Name: "n1", Self: true}}, nil
+}
+func (f *fakeBackend) BPFTunnels(context.Context) ([]BPFTunnelEntry, error) { return nil, nil }
+func (f *fakeBackend) BGPPeers(context.Context) ([]BGPPeer, error) {
+	return nil, &Error{Code: CodeNotFound, Message: "BGP is not enabled"}
+}
+func (f *fakeBackend) BGPRoutes(context.Context) ([]BGPRoute, error) { return nil, nil }
+
 func startServer(t *testing.T, b Backend) *Client {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mbr-api")

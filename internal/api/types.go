@@ -373,3 +373,40 @@ type FlowQuery struct {
 	Last     int       `json:"last,omitempty"` // at most this many of the newest matches (default 100 without Follow)
 	Follow   bool      `json:"follow,omitempty"`
 }
+
+// Node is a cluster node (GET /v1/nodes).
+type Node struct {
+	Name        string       `json:"name"`
+	IP          netip.Addr   `json:"ip"`
+	PodCIDR     netip.Prefix `json:"podCIDR"`
+	RoutingMode string       `json:"routingMode"`
+	Health      string       `json:"health"`
+	Version     string       `json:"version"`
+	Self        bool         `json:"self,omitempty"`
+}
+
+// BPFTunnelEntry is one tunnel map entry.
+type BPFTunnelEntry struct {
+	PodCIDR netip.Prefix `json:"podCIDR"`
+	NodeIP  netip.Addr   `json:"nodeIP"`
+}
+
+// BGPPeer is one BGP session.
+type BGPPeer struct {
+	Address  string `json:"address"`
+	ASN      uint32 `json:"asn"`
+	State    string `json:"state"`
+	Uptime   string `json:"uptime,omitempty"`
+	Received uint64 `json:"received"`
+	Accepted uint64 `json:"accepted"`
+	Sent     uint64 `json:"advertised"`
+}
+
+// BGPRoute is one path of the node's BGP table.
+type BGPRoute struct {
+	Prefix  string `json:"prefix"`
+	NextHop string `json:"nextHop"`
+	Local   bool   `json:"local"`
+	Peer    string `json:"peer,omitempty"`
+	Best    bool   `json:"best"`
+}

@@ -360,6 +360,6 @@ func WatchPrefixes(ctx context.Context, c *clientv3.Client, rev int64, prefixes 
 			}
 		}()
 	}
-	go func() { wg.Wait(); close(out) }()
+	go func() { wg.Wait(); cancel(); close(out) }()
 	return out
 }

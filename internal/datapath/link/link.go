@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -332,4 +333,99 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	}
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// OverlayDevice is the VXLAN device of the overlay.
+const OverlayDevice = "mbr_vxlan"
+
+// VXLANPort is the UDP port of the overlay (Linux's traditional VXLAN port,
+// as flannel and Cilium use).
+const VXLANPort = 8472
+
+// EnsureVXLAN creates (or keeps) mbr_vxlan in external (collect_md) mode
+// with local as its source address and brings it up. The datapath sets
+// remote and VNI per packet. It returns the ifindex.
+func EnsureVXLAN(local netip.Addr, mtu int) (int, error) {
+	if l, err := netlink.LinkByName(OverlayDevice); err == nil {
+		v, ok := l.(*netlink.Vxlan)
+		if ok && v.FlowBased && v.Port == VXLANPort && (v.SrcAddr == nil || v.SrcAddr.Equal(net.IP(local.AsSlice()))) {
+			if err := netlink.LinkSetUp(l); err != nil {
+				return 0, fmt.Errorf("set %s up: %w", OverlayDevice, err)
+			}
+			return l.Attrs().Index, nil
+		}
+		// Wrong shape (e.g. the node IP changed): recreate.
+		if err := netlink.LinkDel(l); err != nil {
+			return 0, fmt.Errorf("replace %s: %w", OverlayDevice, err)
+		}
+	}
+	v := &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: OverlayDevice, MTU: mtu},
+		FlowBased: true,
+		Port:      VXLANPort,
+		SrcAddr:   net.IP(local.AsSlice()),
+		Learning:  false,
+	}
+	if err := netlink.LinkAdd(v); err != nil {
+		return 0, fmt.Errorf("create vxlan %s (external, port %d, local %s): %w", OverlayDevice, VXLANPort, local, err)
+	}
+	l, err := netlink.LinkByName(OverlayDevice)
+	if err != nil {
+		return 0, fmt.Errorf("look up %s: %w", OverlayDevice, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return 0, fmt.Errorf("set %s up: %w", OverlayDevice, err)
+	}
+	return l.Attrs().Index, nil
+}
+
+// EnsureClusterRoute routes the whole cluster CIDR out of mbr_host, so the
+// node's own traffic to pods on other nodes reaches from_host, which
+// tunnels it (vxlan mode). The node's own pod CIDR route is more specific.
+func EnsureClusterRoute(cluster netip.Prefix, router netip.Addr, mtu int) error {
+	l, err := netlink.LinkByName(HostDevice)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", HostDevice, err)
+	}
+	// The route's MTU keeps host-originated packets within what the
+	// overlay carries.
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(cluster.Masked()), Src: net.IP(router.AsSlice()), Scope: netlink.SCOPE_LINK, MTU: mtu}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("route %s dev %s: %w", cluster, HostDevice, err)
+	}
+	return nil
+}
+
+// DetectNodeIP returns the first global IPv4 address of an interface that
+// is not Membrane's own (mbr_*, lxc*), if any.
+func DetectNodeIP() (netip.Addr, bool) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, l := range links {
+		n := l.Attrs().Name
+		if strings.HasPrefix(n, "mbr_") || strings.HasPrefix(n, "lxc") || l.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
+				return ip.Unmap(), true
+			}
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// EnableForwarding sets net.ipv4.ip_forward=1 in the agent's network
+// namespace (native routing forwards between the fabric and mbr_host).
+func EnableForwarding() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
+	}
+	return nil
 }
