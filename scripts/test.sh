@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
-scripts/deps.sh
+# scripts/deps.sh plus the tools of the benchmark smoke test.
+bench/deps.sh
 
 echo "== regenerate BPF objects and compare with the committed ones"
 go generate ./internal/datapath/loader/
