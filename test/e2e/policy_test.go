@@ -37,9 +37,15 @@ type verdictFn func(src, dst mpod, proto string, port uint16) bool
 // for TCP and UDP on two ports with the expected one.
 func TestPolicyMatrices(t *testing.T) {
 	l := newLab(t, nil)
+	runPolicyMatrices(t, l, func(int) string { return "" })
+}
+
+// runPolicyMatrices runs the policy sequence on lab l; nodeOf places the
+// i-th pod ("" = the lab's default node).
+func runPolicyMatrices(t *testing.T, l *lab.Lab, nodeOf func(i int) string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	c := api.NewClient(node(t, l).Socket)
+	c := api.NewClient(l.Nodes()[0].Socket)
 
 	// Namespaces first, so identities carry their labels from the start.
 	var nsDocs []string
@@ -62,7 +68,7 @@ func TestPolicyMatrices(t *testing.T) {
 			{name: "db", labels: map[string]string{"app": "db", "role": "backend"}},
 		} {
 			p.ns = ns
-			got, err := l.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: p.name, Labels: p.labels, Ports: p.ports})
+			got, err := l.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: p.name, Labels: p.labels, Ports: p.ports, Node: nodeOf(len(pods))})
 			if err != nil {
 				t.Fatalf("add pod %s: %v", p.key(), err)
 			}
@@ -124,7 +130,7 @@ spec:
   podSelector: {matchLabels: {app: web}}
   ingress:
   - from:
-    - ipBlock: {cidr: 10.200.1.0/24, except: [%s/32]}
+    - ipBlock: {cidr: 10.200.0.0/16, except: [%s/32]}
 `, alphaWeb.ip)
 	egress := `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -212,23 +218,50 @@ spec:
 			}},
 	}
 	for _, s := range steps {
+		var rev int64
 		switch {
 		case s.apply != "":
-			if _, err := c.Apply(ctx, api.ApplyRequest{Manifest: s.apply, Wait: true}); err != nil {
+			out, err := c.Apply(ctx, api.ApplyRequest{Manifest: s.apply, Wait: true})
+			if err != nil {
 				t.Fatalf("step %q: apply: %v", s.name, err)
 			}
+			rev = out.Revision
 		case s.delete != "":
-			if _, err := c.DeleteResources(ctx, api.ApplyRequest{Manifest: s.delete, Wait: true}); err != nil {
+			out, err := c.DeleteResources(ctx, api.ApplyRequest{Manifest: s.delete, Wait: true})
+			if err != nil {
 				t.Fatalf("step %q: delete: %v", s.name, err)
 			}
+			rev = out.Revision
 		}
 		s.set()
-		// Policy governs new connections; flows tracked by an earlier step
-		// (a reused UDP source port) would legitimately bypass it.
-		if _, err := c.BPFCTFlush(ctx); err != nil {
-			t.Fatal(err)
+		for _, n := range l.Nodes() {
+			nc := api.NewClient(n.Socket)
+			// Every node enforces the step (the others learn it through
+			// their etcd watch)...
+			waitRealized(t, ctx, nc, rev)
+			// ...and policy governs new connections: flows tracked by an
+			// earlier step (a reused UDP source port) would legitimately
+			// bypass it.
+			if _, err := nc.BPFCTFlush(ctx); err != nil {
+				t.Fatal(err)
+			}
 		}
 		checkMatrices(t, ctx, l, s.name, pods, model)
+	}
+}
+
+func waitRealized(t *testing.T, ctx context.Context, c *api.Client, rev int64) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.Policy.RealizedRevision >= rev {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s does not enforce revision %d (realized %d, err %v)", st.NodeName, rev, st.Policy.RealizedRevision, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
