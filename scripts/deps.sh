@@ -12,11 +12,26 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v make >/dev/null || need+=(make)
+command -v bird >/dev/null || need+=(bird2)       # the lab's BGP router (native mode)
+command -v etcd >/dev/null || need+=(etcd-server) # the lab's external 3-member etcd cluster
 if [ ${#need[@]} -gt 0 ]; then
 	echo "deps: installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
+	# Keep package scripts from starting services (bird, etcd): the lab
+	# runs its own instances inside namespaces.
+	policy=/usr/sbin/policy-rc.d
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
 	apt-get update -q >/dev/null
 	apt-get install -y -q "${need[@]}" >/dev/null
+	# The lab runs bird and etcd itself, inside namespaces; the packages'
+	# own services must not run on the machine.
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now bird etcd >/dev/null 2>&1 || true
+	fi
 fi
 
 if ! command -v go >/dev/null; then

@@ -119,6 +119,10 @@ The lab never touches the machine's own interfaces or routes, and
 made. Several labs can run side by side under different --name values.
 Needs root.
 
+With 'lab up --nodes N --mode vxlan|native' the lab is a multi-node cluster
+on a fabric bridge, with a shared etcd and, in native mode, a bird2 router
+(see 'membrane lab up --help', 'lab node', 'lab router', 'lab etcd').
+
 The binaries membrane-agent, membrane-cni and membrane are looked up next
 to this executable, else in $PATH; 'lab up --bin-dir' overrides.`,
 		Example: `  go build -o bin/ ./cmd/...
@@ -138,25 +142,53 @@ to this executable, else in $PATH; 'lab up --bin-dir' overrides.`,
 	cmd.AddCommand(
 		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabPodCmd(f),
 		newLabExecCmd(f), newLabProbeCmd(f), newLabAgentCmd(f), newLabServeCmd(),
+		newLabNodeCmd(f), newLabRouterCmd(f), newLabEtcdCmd(f), newLabEtcdServeCmd(),
 	)
 	return cmd
 }
 
 func newLabUpCmd(f *labFlags) *cobra.Command {
-	var podCIDR, ports, binDir, bpfRoot string
+	var podCIDR, ports, binDir, bpfRoot, mode, etcd, nodeCIDR, clusterCIDR string
 	var agentArgs []string
+	var nodes int
+	var leaseTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Create a lab: node namespace and agent",
 		Long: `Create the lab's node namespace (mbr-<name>-node1) and start membrane-agent
 in it, then wait until the agent's API answers. If anything fails, what was
-made is removed again.`,
+made is removed again.
+
+With --nodes N (N > 1) or --mode, the lab is a multi-node cluster: a fabric
+namespace (mbr-<name>-fabric) holding a bridge on --node-cidr, node i at
+.10+i on it, a shared etcd (--etcd embedded: one server on a unix socket;
+external: three etcd members at .2, .3, .4), and agents that allocate their
+pod CIDRs from --cluster-cidr. --mode vxlan tunnels pod traffic between
+node IPs; --mode native adds a router namespace (.1) running bird2 that
+peers with every agent over eBGP (router AS 64512, node i AS 64600+i) and
+routes the pod CIDRs it learns. --pod-cidr is then not used.`,
 		Example: `  membrane lab up
   membrane lab up --name blue --pod-cidr 10.201.1.0/24 --bin-dir ./bin
+  membrane lab up --name multi --nodes 3 --mode vxlan
+  membrane lab up --name bgp --nodes 3 --mode native --etcd external
   MEMBRANE_LAB=blue membrane lab status`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger(), AgentArgs: agentArgs}
+			cfg := lab.Config{Name: f.name, Dir: f.dir, BPFRoot: bpfRoot, Logger: labLogger(), AgentArgs: agentArgs,
+				Nodes: nodes, Mode: mode, Etcd: etcd, NodeLeaseTTL: leaseTTL}
+			for _, p := range []struct {
+				flag, val string
+				dst       *netip.Prefix
+			}{{"--node-cidr", nodeCIDR, &cfg.NodeCIDR}, {"--cluster-cidr", clusterCIDR, &cfg.ClusterCIDR}} {
+				if p.val == "" {
+					continue
+				}
+				pfx, err := netip.ParsePrefix(p.val)
+				if err != nil {
+					return fmt.Errorf("%s: %w", p.flag, err)
+				}
+				*p.dst = pfx
+			}
 			if binDir != "" {
 				abs, err := filepath.Abs(binDir)
 				if err != nil {
@@ -184,11 +216,26 @@ made is removed again.`,
 			if err != nil {
 				return err
 			}
-			n := l.Nodes()[0]
-			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up: node %s (netns %s), agent socket %s\nnext: membrane lab pod add NAME --name %s\n", l.Name(), n.Name, n.Netns, n.Socket, l.Name())
+			nodes := l.Nodes()
+			if len(nodes) == 1 && !nodes[0].IP.IsValid() {
+				n := nodes[0]
+				fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up: node %s (netns %s), agent socket %s\nnext: membrane lab pod add NAME --name %s\n", l.Name(), n.Name, n.Netns, n.Socket, l.Name())
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up: %d nodes, etcd %s\n", l.Name(), len(nodes), strings.Join(l.EtcdEndpoints(), ","))
+			for _, n := range nodes {
+				fmt.Fprintf(cmd.OutOrStdout(), "  %s  ip %s  pod CIDR %s  (netns %s)\n", n.Name, n.IP, n.PodCIDR, n.Netns)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "next: membrane lab pod add NAME --node %s --name %s\n", nodes[0].Name, l.Name())
 			return nil
 		},
 	}
+	cmd.Flags().IntVar(&nodes, "nodes", 1, "number of nodes (more than 1 makes a multi-node lab; default mode vxlan)")
+	cmd.Flags().StringVar(&mode, "mode", "", "routing mode of a multi-node lab: vxlan or native (BGP through a bird2 router)")
+	cmd.Flags().StringVar(&etcd, "etcd", "", "etcd of a multi-node lab: embedded (default) or external (three etcd members)")
+	cmd.Flags().StringVar(&nodeCIDR, "node-cidr", lab.DefaultNodeCIDR.String(), "fabric prefix of a multi-node lab (router .1, etcd .2-.4, node i .10+i)")
+	cmd.Flags().StringVar(&clusterCIDR, "cluster-cidr", lab.DefaultClusterCIDR.String(), "cluster CIDR the agents of a multi-node lab allocate pod CIDRs from")
+	cmd.Flags().DurationVar(&leaseTTL, "node-lease-ttl", 0, "agent --node-lease-ttl in a multi-node lab (0: agent default)")
 	cmd.Flags().StringVar(&podCIDR, "pod-cidr", lab.DefaultPodCIDR.String(), "node1's pod CIDR")
 	cmd.Flags().StringVar(&ports, "ports", "8080/tcp,9090/tcp,8080/udp,9090/udp", "ports every pod's traffic server listens on (PORT/tcp|udp,...)")
 	cmd.Flags().StringVar(&binDir, "bin-dir", "", "directory with membrane-agent, membrane-cni and membrane")
@@ -248,6 +295,9 @@ func newLabStatusCmd(f *labFlags) *cobra.Command {
 }
 
 func renderLabStatus(w io.Writer, st lab.Status) error {
+	if st.Mode != "" {
+		return renderClusterStatus(w, st)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Lab:\t%s (%s, up since %s)\n\n", st.Name, st.Dir, st.CreatedAt.Local().Format(time.DateTime))
 	fmt.Fprintln(tw, "NODE\tNETNS\tAGENT\tAPI\tENDPOINTS\tSOCKET")
@@ -268,6 +318,64 @@ func renderLabStatus(w io.Writer, st lab.Status) error {
 		return err
 	}
 	fmt.Fprintln(w)
+	return renderStatusPods(w, st)
+}
+
+// renderClusterStatus prints a multi-node lab: mode, etcd, router, nodes
+// with their fabric IPs and pod CIDRs, then the pods.
+func renderClusterStatus(w io.Writer, st lab.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Lab:\t%s (%s, up since %s)\n", st.Name, st.Dir, st.CreatedAt.Local().Format(time.DateTime))
+	fmt.Fprintf(tw, "Mode:\t%s (fabric %s, cluster CIDR %s)\n", st.Mode, st.NodeCIDR, st.ClusterCIDR)
+	for _, e := range st.Etcd {
+		fmt.Fprintf(tw, "Etcd (%s):\t%s %s %s\n", st.EtcdMode, e.Name, e.Address, procState(e))
+	}
+	if r := st.Router; r != nil {
+		fmt.Fprintf(tw, "Router:\t%s %s (netns %s) %s\n", r.Name, r.Address, r.Netns, procState(*r))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tAGENT\tAPI\tKVSTORE\tENDPOINTS\tNETNS")
+	for _, n := range st.Nodes {
+		agent := fmt.Sprintf("pid %d", n.Agent.PID)
+		if !n.AgentAlive {
+			agent = "NOT RUNNING"
+		}
+		apiState, kv, eps := "ok", "-", "-"
+		if n.API == nil {
+			apiState = "DOWN"
+		} else {
+			eps = fmt.Sprint(n.API.Endpoints)
+			kv = "ok"
+			if !n.API.Kvstore.Healthy {
+				kv = "UNHEALTHY"
+			}
+		}
+		cidr := "-"
+		if n.PodCIDR.IsValid() {
+			cidr = n.PodCIDR.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, cidr, agent, apiState, kv, eps, n.Netns)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	return renderStatusPods(w, st)
+}
+
+func procState(p lab.ProcessStatus) string {
+	switch {
+	case !p.Alive:
+		return "NOT RUNNING"
+	case p.Healthy != nil && !*p.Healthy:
+		return fmt.Sprintf("pid %d UNHEALTHY: %s", p.PID, p.Message)
+	case p.Healthy != nil:
+		return fmt.Sprintf("pid %d healthy", p.PID)
+	}
+	return fmt.Sprintf("pid %d running", p.PID)
+}
+
+func renderStatusPods(w io.Writer, st lab.Status) error {
 	pods := make([]lab.Pod, len(st.Pods))
 	extra := map[string][2]string{}
 	for i, p := range st.Pods {
@@ -503,7 +611,221 @@ keep flowing; check with 'membrane lab probe' during and after.`,
 		},
 	}
 	restart.Flags().StringVar(&node, "node", lab.DefaultNode, "node whose agent to restart")
-	cmd.AddCommand(restart)
+	stop := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop a node's agent (SIGTERM; SIGKILL after 15 s)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := l.StopAgent(ctx, node); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "agent on %s stopped\n", node)
+			return nil
+		},
+	}
+	stop.Flags().StringVar(&node, "node", lab.DefaultNode, "node whose agent to stop")
+	start := &cobra.Command{
+		Use:   "start",
+		Short: "Start a node's stopped agent and wait until ready",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := l.StartAgent(ctx, node); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "agent on %s running\n", node)
+			return nil
+		},
+	}
+	start.Flags().StringVar(&node, "node", lab.DefaultNode, "node whose agent to start")
+	cmd.AddCommand(restart, stop, start)
+	return cmd
+}
+
+func newLabNodeCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Add, remove and list the nodes of a multi-node lab",
+	}
+	add := &cobra.Command{
+		Use:     "add",
+		Short:   "Join a new node (next index) to a multi-node lab",
+		Example: `  membrane lab node add --name multi`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			n, err := l.AddNode(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s added: ip %s, pod CIDR %s (netns %s)\n", n.Name, n.IP, n.PodCIDR, n.Netns)
+			return nil
+		},
+	}
+	remove := &cobra.Command{
+		Use:     "remove NODE",
+		Aliases: []string{"rm", "del"},
+		Short:   "Remove a node: its pods, agent, namespace and pins",
+		Long: `Remove a node: delete its pods, stop its agent, delete its namespace and BPF
+pins. The rest of the cluster forgets the node when its lease in etcd
+expires (--node-lease-ttl).`,
+		Example: `  membrane lab node remove node2`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			if err := l.RemoveNode(ctx, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s removed\n", args[0])
+			return nil
+		},
+	}
+	list := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the lab's nodes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			nodes := l.Nodes()
+			return renderOut(cmd, nodes, func(w io.Writer) error {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tAS\tAGENT\tNETNS")
+				for _, n := range nodes {
+					ip, as, agent := "-", "-", "NOT RUNNING"
+					if n.IP.IsValid() {
+						ip = n.IP.String()
+					}
+					if n.ASN != 0 {
+						as = fmt.Sprint(n.ASN)
+					}
+					if n.Agent.Alive() {
+						agent = fmt.Sprintf("pid %d", n.Agent.PID)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, ip, n.PodCIDR, as, agent, n.Netns)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.AddCommand(add, remove, list)
+	return cmd
+}
+
+func newLabRouterCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "router BIRDC-COMMAND...",
+		Short: "Run a birdc command against the router of a native-mode lab",
+		Example: `  membrane lab router show protocols
+  membrane lab router show route
+  membrane lab router disable node1`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			out, err := l.RouterCommand(ctx, args...)
+			fmt.Fprint(cmd.OutOrStdout(), out)
+			return err
+		},
+	}
+}
+
+func newLabEtcdCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "etcd",
+		Short: "Stop and start the etcd of a multi-node lab",
+	}
+	var member int
+	run := func(verb string, one func(*lab.Lab, context.Context, int) error, all func(*lab.Lab, context.Context) error) *cobra.Command {
+		c := &cobra.Command{
+			Use:   verb,
+			Short: verb + " the embedded etcd server, every external member, or one with --member",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				ctx, cancel := labContext(cmd)
+				defer cancel()
+				if member > 0 {
+					err = one(l, ctx, member)
+				} else {
+					err = all(l, ctx)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "etcd: %s done\n", verb)
+				return nil
+			},
+		}
+		c.Flags().IntVar(&member, "member", 0, "external etcd member (1-3); 0 = all")
+		return c
+	}
+	cmd.AddCommand(
+		run("stop", (*lab.Lab).StopEtcdMember, (*lab.Lab).StopEtcd),
+		run("start", (*lab.Lab).StartEtcdMember, (*lab.Lab).StartEtcd),
+		&cobra.Command{
+			Use:   "endpoints",
+			Short: "Print the etcd client URLs the agents use",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), strings.Join(l.EtcdEndpoints(), ","))
+				return nil
+			},
+		},
+	)
+	return cmd
+}
+
+func newLabEtcdServeCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:    "etcd-serve",
+		Short:  "Run the lab's embedded etcd (started by the lab inside the fabric namespace)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			return lab.ServeEtcd(ctx, dir, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "directory for the sockets (client.sock, peer.sock) and data")
+	_ = cmd.MarkFlagRequired("dir")
 	return cmd
 }
 

@@ -194,6 +194,10 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	a.eps = eps
 
+	// The policy engine exists before anything can ask it (flow
+	// enrichment, API); it computes for the first time further down.
+	a.policy = newPolicyEngine(a)
+
 	// Flow events: read from the ring buffer into the flow store.
 	a.obs = newObserver(a, a.cfg.FlowBufferSize)
 	rd, err := dp.OpenEvents()
@@ -210,7 +214,6 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	a.resources = kvstore.NewResourceStore(kv.Client)
 	a.idAlloc = kvstore.NewIdentityAllocator(kv.Client, a.cfg.NodeName, 60*time.Second)
 	a.idCache = identity.NewCache(a.idAlloc)
-	a.policy = newPolicyEngine(a)
 	if err := a.policy.reload(ctx); err != nil {
 		a.log.Error("initial policy computation failed; endpoints keep their previous datapath state", "err", err)
 	}

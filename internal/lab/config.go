@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Defaults.
@@ -39,6 +40,42 @@ const (
 
 // DefaultPodCIDR is the node's pod CIDR unless configured.
 var DefaultPodCIDR = netip.MustParsePrefix("10.200.1.0/24")
+
+// Multi-node defaults.
+var (
+	// DefaultNodeCIDR is the fabric: node i gets .10+i, the router .1,
+	// the external etcd members .2, .3 and .4.
+	DefaultNodeCIDR = netip.MustParsePrefix("172.30.0.0/24")
+	// DefaultClusterCIDR is where agents allocate their pod CIDRs.
+	DefaultClusterCIDR = netip.MustParsePrefix("10.200.0.0/16")
+)
+
+// Routing modes and etcd modes.
+const (
+	ModeSingle = ""       // one node, the agent runs its own embedded etcd (the original lab)
+	ModeVXLAN  = "vxlan"  // nodes on a fabric, pod traffic tunnelled between node IPs
+	ModeNative = "native" // nodes on a fabric behind a BGP router (bird2)
+
+	EtcdEmbedded = "embedded" // one lab-wide etcd server on a unix socket (`membrane lab etcd-serve`)
+	EtcdExternal = "external" // three Debian etcd members in their own namespaces
+
+	// RouterASN is the router's BGP AS; node i is NodeASNBase+i.
+	RouterASN   = 64512
+	NodeASNBase = 64600
+
+	// EtcdMembers is the size of the external etcd cluster.
+	EtcdMembers = 3
+
+	// MaxNodes bounds Nodes at Up.
+	MaxNodes = 64
+
+	// fabric address offsets inside NodeCIDR.
+	routerOffset   = 1
+	etcdOffset     = 1 // member i (1-based) is at .etcdOffset+i
+	nodeOffset     = 10
+	fabricVethName = "eth0"
+	fabricBridge   = "br0"
+)
 
 // DefaultServePorts are the ports every pod's traffic server listens on.
 var DefaultServePorts = []Port{{8080, "tcp"}, {9090, "tcp"}, {8080, "udp"}, {9090, "udp"}}
@@ -77,6 +114,26 @@ type Config struct {
 	BPFRoot string
 	// Logger receives progress messages. Default: discard.
 	Logger *slog.Logger
+
+	// Nodes is the number of nodes created at Up. Default 1.
+	Nodes int
+	// Mode is "" (a single node whose agent runs its own embedded etcd:
+	// the original lab), "vxlan" or "native". Default "" for one node,
+	// "vxlan" for more (or when Etcd is set). With a mode, nodes sit on a
+	// fabric bridge, agents allocate their pod CIDRs from ClusterCIDR
+	// through a shared etcd, and PodCIDR is not used.
+	Mode string
+	// Etcd is "embedded" (one lab-wide server on a unix socket) or
+	// "external" (three etcd members on the fabric). Default "embedded"
+	// when Mode is set; must be empty otherwise.
+	Etcd string
+	// NodeCIDR is the fabric prefix. Default 172.30.0.0/24.
+	NodeCIDR netip.Prefix
+	// ClusterCIDR is the agents' --cluster-cidr. Default 10.200.0.0/16.
+	ClusterCIDR netip.Prefix
+	// NodeLeaseTTL is the agents' --node-lease-ttl; 0 leaves the agent's
+	// default.
+	NodeLeaseTTL time.Duration
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
@@ -115,6 +172,21 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Nodes == 0 {
+		c.Nodes = 1
+	}
+	if c.Mode == ModeSingle && (c.Nodes > 1 || c.Etcd != "") {
+		c.Mode = ModeVXLAN
+	}
+	if c.Mode != ModeSingle && c.Etcd == "" {
+		c.Etcd = EtcdEmbedded
+	}
+	if !c.NodeCIDR.IsValid() {
+		c.NodeCIDR = DefaultNodeCIDR
+	}
+	if !c.ClusterCIDR.IsValid() {
+		c.ClusterCIDR = DefaultClusterCIDR
+	}
 	return c
 }
 
@@ -148,7 +220,87 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	return c.validateCluster()
+}
+
+// validateCluster checks the multi-node fields.
+func (c Config) validateCluster() error {
+	if c.Nodes < 1 || c.Nodes > MaxNodes {
+		return fmt.Errorf("nodes %d: want 1 to %d", c.Nodes, MaxNodes)
+	}
+	switch c.Mode {
+	case ModeSingle:
+		if c.Nodes != 1 {
+			return fmt.Errorf("%d nodes need a routing mode (vxlan or native)", c.Nodes)
+		}
+		if c.Etcd != "" {
+			return fmt.Errorf("etcd %q needs a routing mode (vxlan or native)", c.Etcd)
+		}
+		return nil
+	case ModeVXLAN, ModeNative:
+	default:
+		return fmt.Errorf("mode %q: want vxlan or native", c.Mode)
+	}
+	if c.Etcd != EtcdEmbedded && c.Etcd != EtcdExternal {
+		return fmt.Errorf("etcd %q: want embedded or external", c.Etcd)
+	}
+	for _, p := range []struct {
+		what string
+		p    netip.Prefix
+	}{{"node CIDR", c.NodeCIDR}, {"cluster CIDR", c.ClusterCIDR}} {
+		if !p.p.Addr().Is4() {
+			return fmt.Errorf("%s %s: want an IPv4 prefix", p.what, p.p)
+		}
+		if p.p != p.p.Masked() {
+			return fmt.Errorf("%s %s has host bits set (did you mean %s?)", p.what, p.p, p.p.Masked())
+		}
+	}
+	// Room for the router, the etcd members and MaxNodes nodes, plus the
+	// broadcast address.
+	if c.NodeCIDR.Bits() < 8 || c.NodeCIDR.Bits() > 25 {
+		return fmt.Errorf("node CIDR %s: want a prefix between /8 and /25", c.NodeCIDR)
+	}
+	// The agents allocate /24s from the cluster CIDR.
+	if c.ClusterCIDR.Bits() < 8 || c.ClusterCIDR.Bits() > 23 {
+		return fmt.Errorf("cluster CIDR %s: want a prefix between /8 and /23", c.ClusterCIDR)
+	}
+	if c.NodeCIDR.Overlaps(c.ClusterCIDR) {
+		return fmt.Errorf("node CIDR %s overlaps cluster CIDR %s", c.NodeCIDR, c.ClusterCIDR)
+	}
+	if c.NodeLeaseTTL < 0 {
+		return fmt.Errorf("node lease TTL %s is negative", c.NodeLeaseTTL)
+	}
 	return nil
+}
+
+// addrAt is the address off places after the start of p (IPv4).
+func addrAt(p netip.Prefix, off int) netip.Addr {
+	b := p.Masked().Addr().As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += uint32(off)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// fabricAddr is the address off places into the fabric, if it fits below
+// the broadcast address.
+func fabricAddr(fabric netip.Prefix, off int) (netip.Addr, error) {
+	size := 1 << (32 - fabric.Bits())
+	if off <= 0 || off >= size-1 {
+		return netip.Addr{}, fmt.Errorf("fabric %s has no room for address number %d", fabric, off)
+	}
+	return addrAt(fabric, off), nil
+}
+
+// nodeName is the lab-local name of node i (1-based).
+func nodeName(i int) string { return "node" + strconv.Itoa(i) }
+
+// nodeASN is the BGP AS of node i.
+func nodeASN(i int) uint32 { return uint32(NodeASNBase + i) }
+
+func fabricNetnsName(lab string) string { return netnsPrefix + lab + "-fabric" }
+func routerNetnsName(lab string) string { return netnsPrefix + lab + "-router" }
+func etcdNetnsName(lab string, i int) string {
+	return netnsPrefix + lab + "-etcd" + strconv.Itoa(i)
 }
 
 func (p Port) validate() error {

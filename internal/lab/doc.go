@@ -11,6 +11,27 @@
 //   - its directory (default /var/lib/membrane-lab/<lab>): state.json, agent
 //     state, sockets, logs and the libcni cache.
 //
+// A multi-node lab (Config.Mode "vxlan" or "native") adds, all in the same
+// name space:
+//   - mbr-<lab>-fabric: a namespace holding the bridge br0 that every node
+//     (eth0 at .10+i of NodeCIDR), the router and the etcd members plug into
+//     through veths created from inside the fabric (never in the machine's
+//     namespace); the embedded etcd server (`membrane lab etcd-serve`,
+//     unix sockets only) also runs in it;
+//   - mbr-<lab>-router (native mode): .1 on the fabric, forwarding on in
+//     that namespace only, bird2 peering over eBGP with every node and
+//     installing the learned pod CIDRs; nodes route by default to it, and it
+//     has no route beyond the fabric and the pod CIDRs;
+//   - mbr-<lab>-etcd1..3 (external etcd): Debian's etcd at .2, .3, .4.
+//
+// Agents then get their node IP, the cluster CIDR (they allocate their pod
+// CIDRs through etcd; the lab reads them back from the status API), the
+// routing mode, the etcd endpoints and, in native mode, their BGP AS and
+// the router as peer. AddNode and RemoveNode change the node set at run
+// time (the router's bird.conf is rewritten and reloaded). Down, and
+// Reclaim without a state file, also find these namespaces and the nodes'
+// pin directories by their exact names.
+//
 // Nothing is attached to the machine's own interfaces, no lab namespace has
 // a route out of the machine, and servers bind to lab addresses and
 // loopback only.

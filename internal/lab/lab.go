@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -86,23 +88,27 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 		return nil, fmt.Errorf("lab %q: %w (state in %s; run `membrane lab down --name %s` first)", st.Name, ErrExists, st.Dir, st.Name)
 	}
 
-	node := Node{
-		Name:      DefaultNode,
-		AgentName: agentNodeName(st.Name, DefaultNode),
-		Netns:     nodeNetnsName(st.Name, DefaultNode),
-		Dir:       filepath.Join(st.Dir, DefaultNode),
-		PodCIDR:   st.PodCIDR,
+	if cfg.Mode != ModeSingle {
+		st.Mode, st.Etcd = cfg.Mode, cfg.Etcd
+		st.NodeCIDR, st.ClusterCIDR, st.NodeLeaseTTL = cfg.NodeCIDR, cfg.ClusterCIDR, cfg.NodeLeaseTTL
+		st.PodCIDR = netip.Prefix{} // allocated by the agents
+		if err := st.planCluster(cfg.Nodes); err != nil {
+			return nil, err
+		}
+	} else {
+		node := Node{
+			Name:      DefaultNode,
+			AgentName: agentNodeName(st.Name, DefaultNode),
+			Netns:     nodeNetnsName(st.Name, DefaultNode),
+			Dir:       filepath.Join(st.Dir, DefaultNode),
+			PodCIDR:   st.PodCIDR,
+		}
+		node.Socket = filepath.Join(node.Dir, "agent.sock")
+		node.LogPath = filepath.Join(node.Dir, "agent.log")
+		node.PinDir = filepath.Join(st.BPFRoot, node.AgentName)
+		st.Nodes = []Node{node}
 	}
-	node.Socket = filepath.Join(node.Dir, "agent.sock")
-	node.LogPath = filepath.Join(node.Dir, "agent.log")
-	node.PinDir = filepath.Join(st.BPFRoot, node.AgentName)
-	leftover := ""
-	if netnsExists(node.Netns) {
-		leftover = netnsPath(node.Netns)
-	} else if _, err := os.Stat(node.PinDir); err == nil {
-		leftover = node.PinDir
-	}
-	if leftover != "" {
+	if leftover := st.leftover(); leftover != "" {
 		if errors.Is(statErr, fs.ErrNotExist) {
 			_ = os.RemoveAll(st.Dir)
 		}
@@ -110,7 +116,6 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 	}
 
 	l := &Lab{st: st, log: cfg.Logger}
-	l.st.Nodes = []Node{node}
 	if err := l.st.save(); err != nil {
 		_ = os.RemoveAll(st.Dir)
 		return nil, err
@@ -126,6 +131,13 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 		}
 	}()
 
+	if l.st.Mode != ModeSingle {
+		if err := l.buildCluster(ctx); err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	node := l.st.Nodes[0]
 	l.log.Info("creating node namespace", "node", node.Name, "netns", node.Netns)
 	if err := createNetns(ctx, node.Netns); err != nil {
 		return nil, err
@@ -298,6 +310,10 @@ func (l *Lab) downLocked(ctx context.Context) error {
 		add(deleteNetns(ctx, n.Netns))
 		add(l.removePins(n))
 	}
+	add(l.downCluster(ctx))
+	// Whatever the state says, remove every object whose name derives from
+	// the lab's name alone: a crash may have left more than was recorded.
+	add(l.sweepDerived(ctx))
 	if l.st.Dir != "" {
 		if err := os.RemoveAll(l.st.Dir); err != nil {
 			add(fmt.Errorf("remove lab dir: %w", err))
@@ -311,6 +327,7 @@ func (l *Lab) downLocked(ctx context.Context) error {
 	for i := range l.st.Nodes {
 		l.st.Nodes[i].Agent = Proc{}
 	}
+	l.forgetCluster()
 	l.log.Info("lab removed", "lab", l.st.Name)
 	return nil
 }
@@ -343,15 +360,7 @@ func (l *Lab) startAgent(ctx context.Context, i int) error {
 	// nsenter switches only the network namespace: the agent keeps the
 	// host's mount namespace and so sees bpffs at /sys/fs/bpf (`ip netns
 	// exec` would remount /sys).
-	argv := []string{nsenter, "--net=" + netnsPath(n.Netns), "--", l.st.AgentBin,
-		"--node-name", n.AgentName,
-		"--state-dir", filepath.Join(n.Dir, "state"),
-		"--socket", n.Socket,
-		"--pod-cidr", n.PodCIDR.String(),
-		"--bpf-root", l.st.BPFRoot,
-		"--prometheus-serve-addr", "127.0.0.1:" + MetricsPort,
-	}
-	argv = append(argv, l.st.AgentArgs...)
+	argv := append([]string{nsenter, "--net=" + netnsPath(n.Netns), "--"}, l.st.agentArgv(*n)...)
 	l.log.Info("starting agent", "node", n.Name, "log", n.LogPath)
 	p, err := startDetached(argv, nil, n.LogPath)
 	if err != nil {
@@ -361,31 +370,79 @@ func (l *Lab) startAgent(ctx context.Context, i int) error {
 	if err := l.st.save(); err != nil {
 		return err
 	}
-	return waitAgent(ctx, *n)
+	st, err := waitAgent(ctx, *n, l.st.Mode != ModeSingle)
+	if err != nil {
+		return err
+	}
+	if l.st.Mode != ModeSingle && n.PodCIDR != st.PodCIDR {
+		n.PodCIDR = st.PodCIDR
+		l.log.Info("agent ready", "node", n.Name, "ip", n.IP, "podCIDR", n.PodCIDR)
+		return l.st.save()
+	}
+	return nil
 }
 
-// waitAgent polls the agent's status API until it answers, the agent exits
-// or agentReadyTimeout passes.
-func waitAgent(ctx context.Context, n Node) error {
+// agentArgv is the agent's command line (without nsenter).
+func (st *state) agentArgv(n Node) []string {
+	argv := []string{st.AgentBin,
+		"--node-name", n.AgentName,
+		"--state-dir", filepath.Join(n.Dir, "state"),
+		"--socket", n.Socket,
+	}
+	if st.Mode == ModeSingle {
+		argv = append(argv, "--pod-cidr", n.PodCIDR.String())
+	}
+	argv = append(argv,
+		"--bpf-root", st.BPFRoot,
+		"--prometheus-serve-addr", "127.0.0.1:"+MetricsPort,
+	)
+	if st.Mode != ModeSingle {
+		argv = append(argv,
+			"--node-ip", n.IP.String(),
+			"--cluster-cidr", st.ClusterCIDR.String(),
+			"--pod-cidr=", // allocated from the cluster CIDR through etcd
+			"--routing-mode", st.Mode,
+			"--kvstore-endpoints", strings.Join(st.etcdEndpoints(), ","),
+		)
+		if st.Mode == ModeNative && st.Router != nil {
+			argv = append(argv,
+				"--bgp-asn", strconv.FormatUint(uint64(n.ASN), 10),
+				"--bgp-peers", st.Router.IP.String()+":"+strconv.FormatUint(uint64(st.Router.ASN), 10),
+			)
+		}
+		if st.NodeLeaseTTL > 0 {
+			argv = append(argv, "--node-lease-ttl", st.NodeLeaseTTL.String())
+		}
+	}
+	return append(argv, st.AgentArgs...)
+}
+
+// waitAgent polls the agent's status API until it answers (and, with
+// needCIDR, reports a pod CIDR), the agent exits or agentReadyTimeout
+// passes.
+func waitAgent(ctx context.Context, n Node, needCIDR bool) (api.Status, error) {
 	c := api.NewClient(n.Socket)
 	deadline := time.Now().Add(agentReadyTimeout)
 	var lastErr error
 	for {
 		if !n.Agent.Alive() {
-			return fmt.Errorf("agent of %s exited during start-up; last lines of %s:\n%s", n.Name, n.LogPath, tailFile(n.LogPath, 20))
+			return api.Status{}, fmt.Errorf("agent of %s exited during start-up; last lines of %s:\n%s", n.Name, n.LogPath, tailFile(n.LogPath, 20))
 		}
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := c.Status(sctx)
+		st, err := c.Status(sctx)
 		cancel()
+		if err == nil && needCIDR && !st.PodCIDR.IsValid() {
+			err = errors.New("agent reports no pod CIDR yet")
+		}
 		if err == nil {
-			return nil
+			return st, nil
 		}
 		lastErr = err
 		if ctx.Err() != nil {
-			return fmt.Errorf("wait for agent of %s: %w", n.Name, ctx.Err())
+			return api.Status{}, fmt.Errorf("wait for agent of %s: %w", n.Name, ctx.Err())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent of %s not ready after %s (%v); last lines of %s:\n%s", n.Name, agentReadyTimeout, lastErr, n.LogPath, tailFile(n.LogPath, 20))
+			return api.Status{}, fmt.Errorf("agent of %s not ready after %s (%v); last lines of %s:\n%s", n.Name, agentReadyTimeout, lastErr, n.LogPath, tailFile(n.LogPath, 20))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -448,6 +505,26 @@ type Status struct {
 	CreatedAt time.Time    `json:"createdAt"`
 	Nodes     []NodeStatus `json:"nodes"`
 	Pods      []PodStatus  `json:"pods"`
+
+	// Multi-node labs only.
+	Mode        string          `json:"mode,omitempty"`
+	NodeCIDR    netip.Prefix    `json:"nodeCIDR,omitzero"`
+	ClusterCIDR netip.Prefix    `json:"clusterCIDR,omitzero"`
+	EtcdMode    string          `json:"etcdMode,omitempty"`
+	Etcd        []ProcessStatus `json:"etcd,omitempty"`
+	Router      *ProcessStatus  `json:"router,omitempty"`
+}
+
+// ProcessStatus is a lab infrastructure process: an etcd member or server,
+// or the router's bird.
+type ProcessStatus struct {
+	Name    string `json:"name"`
+	Netns   string `json:"netns"`
+	Address string `json:"address"` // client URL or router IP
+	PID     int    `json:"pid,omitempty"`
+	Alive   bool   `json:"alive"`
+	Healthy *bool  `json:"healthy,omitempty"` // etcd: answers /health; nil if not asked
+	Message string `json:"message,omitempty"`
 }
 
 // NodeStatus is a node and what its agent says.
@@ -479,6 +556,10 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 	l.mu.Unlock()
 
 	out := Status{Name: st.Name, Dir: st.Dir, CreatedAt: st.CreatedAt}
+	if st.Mode != ModeSingle {
+		out.Mode, out.NodeCIDR, out.ClusterCIDR, out.EtcdMode = st.Mode, st.NodeCIDR, st.ClusterCIDR, st.Etcd
+		out.Etcd, out.Router = clusterStatus(ctx, st)
+	}
 	epState := map[string]string{} // container ID → state
 	answered := map[string]bool{}  // node → endpoints listed
 	for _, n := range st.Nodes {

@@ -39,7 +39,67 @@ type state struct {
 	CreatedAt   time.Time    `json:"createdAt"`
 	Nodes       []Node       `json:"nodes"`
 	Pods        []Pod        `json:"pods"`
+
+	// Multi-node labs (Mode != ""); all empty for the single-node lab.
+	Mode         string        `json:"mode,omitempty"`
+	Etcd         string        `json:"etcd,omitempty"`
+	NodeCIDR     netip.Prefix  `json:"nodeCIDR,omitzero"`
+	ClusterCIDR  netip.Prefix  `json:"clusterCIDR,omitzero"`
+	NodeLeaseTTL time.Duration `json:"nodeLeaseTTL,omitempty"`
+	// LastNode is the highest node index ever used; AddNode takes the
+	// next one, so a removed node's name is never reused in a lab.
+	LastNode int `json:"lastNode,omitempty"`
+	// FabricNetns holds the fabric bridge (and the embedded etcd server).
+	FabricNetns string `json:"fabricNetns,omitempty"`
+	// Router is the BGP router of native mode.
+	Router *Router `json:"router,omitempty"`
+	// EtcdServer is the embedded etcd server's process.
+	EtcdServer *EtcdServer `json:"etcdServer,omitempty"`
+	// EtcdMembers are the external etcd members.
+	EtcdMembers []EtcdMember `json:"etcdMembers,omitempty"`
 }
+
+// Router is the native mode's router: a namespace on the fabric running
+// bird.
+type Router struct {
+	Netns   string     `json:"netns"`
+	IP      netip.Addr `json:"ip"`
+	ASN     uint32     `json:"asn"`
+	Dir     string     `json:"dir"`
+	Config  string     `json:"config"`  // bird.conf
+	Socket  string     `json:"socket"`  // bird's control socket
+	PIDFile string     `json:"pidFile"` // bird -P
+	LogPath string     `json:"logPath"`
+	Bird    Proc       `json:"bird"`
+}
+
+// EtcdServer is the lab-wide embedded etcd (`membrane lab etcd-serve`),
+// running in the fabric namespace and served on unix sockets only.
+type EtcdServer struct {
+	Dir     string `json:"dir"`
+	LogPath string `json:"logPath"`
+	Proc    Proc   `json:"proc"`
+}
+
+// ClientURL is the server's client endpoint.
+func (e EtcdServer) ClientURL() string { return "unix://" + filepath.Join(e.Dir, "client.sock") }
+
+// EtcdMember is one member of the external etcd cluster.
+type EtcdMember struct {
+	Index   int        `json:"index"` // 1-based
+	Name    string     `json:"name"`  // m1, m2, m3
+	Netns   string     `json:"netns"`
+	IP      netip.Addr `json:"ip"`
+	DataDir string     `json:"dataDir"`
+	LogPath string     `json:"logPath"`
+	Proc    Proc       `json:"proc"`
+}
+
+// ClientURL is the member's client endpoint.
+func (m EtcdMember) ClientURL() string { return "http://" + netip.AddrPortFrom(m.IP, 2379).String() }
+
+// PeerURL is the member's peer endpoint.
+func (m EtcdMember) PeerURL() string { return "http://" + netip.AddrPortFrom(m.IP, 2380).String() }
 
 // Node is one lab node: a network namespace with an agent in it.
 type Node struct {
@@ -52,6 +112,11 @@ type Node struct {
 	PinDir    string       `json:"pinDir"`
 	PodCIDR   netip.Prefix `json:"podCIDR"`
 	Agent     Proc         `json:"agent"`
+
+	// Multi-node labs only.
+	Index int        `json:"index,omitempty"` // node<Index>
+	IP    netip.Addr `json:"ip,omitzero"`     // fabric address on eth0
+	ASN   uint32     `json:"asn,omitempty"`   // BGP AS (native mode)
 }
 
 // Pod states.
