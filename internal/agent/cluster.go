@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sync"
 	"time"
@@ -27,8 +28,11 @@ type clusterSync struct {
 	mu     sync.Mutex
 	nodes  []kvstore.NodeRecord
 	remote map[netip.Prefix]uint32 // remote /32 → identity
-	synced time.Time
-	err    error
+	// applied: the policy engine has computed with remote (resync only
+	// regenerates when remote changed or the last regeneration failed).
+	applied bool
+	synced  time.Time
+	err     error
 }
 
 func newClusterSync(a *Agent) *clusterSync {
@@ -132,12 +136,26 @@ func (c *clusterSync) resync(ctx context.Context) (int64, error) {
 	if err := c.syncTunnels(nodes); err != nil {
 		return 0, err
 	}
+	// The policy engine reads only the remote entries: most events are this
+	// node's own ipcache records coming back (one per ADD and DEL), which
+	// change nothing for it.
 	c.mu.Lock()
+	changed := !c.applied || !maps.Equal(c.remote, remote)
 	c.nodes, c.remote, c.synced, c.err = nodes, remote, time.Now(), nil
+	c.applied = false
 	c.mu.Unlock()
+	if !changed {
+		c.mu.Lock()
+		c.applied = true
+		c.mu.Unlock()
+		return rev, nil
+	}
 	if err := c.a.policy.regenerate(ctx); err != nil {
 		return 0, err
 	}
+	c.mu.Lock()
+	c.applied = true
+	c.mu.Unlock()
 	return rev, nil
 }
 

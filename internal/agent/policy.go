@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/membrane-net/membrane/internal/api"
@@ -39,11 +40,19 @@ type policyEngine struct {
 	input     policy.Input
 	// lastIdentities is the last identity list read from etcd.
 	lastIdentities map[identity.ID]string
-	result    policy.Result
-	lastErr   error
-	lastDur   time.Duration
+	result         policy.Result
+	lastErr        error
+	lastDur        time.Duration
 
 	realizedCh chan struct{} // closed and replaced on every realization
+
+	// Coalescing: every regenerate call takes a ticket; a computation that
+	// succeeds covers every ticket taken before it started, since it reads
+	// the endpoints, objects and remote entries after that. Concurrent
+	// ADDs waiting for the mutex are so answered by one computation instead
+	// of one each.
+	tickets atomic.Uint64
+	covered uint64 // highest ticket covered by a successful computation
 }
 
 func newPolicyEngine(a *Agent) *policyEngine {
@@ -64,10 +73,16 @@ func (e *policyEngine) reload(ctx context.Context) error {
 	return e.regenerateLocked(ctx)
 }
 
-// regenerate recomputes with the current objects.
+// regenerate recomputes with the current objects. It returns once a
+// computation that started after the call has succeeded (possibly one run
+// for another caller), or with this call's own computation's error.
 func (e *policyEngine) regenerate(ctx context.Context) error {
+	ticket := e.tickets.Add(1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.covered >= ticket {
+		return nil
+	}
 	return e.regenerateLocked(ctx)
 }
 
@@ -106,7 +121,11 @@ func namespaceLabels(objs []policy.Object) map[string]map[string]string {
 
 func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 	start := time.Now()
+	ticket := e.tickets.Load() // before reading any input
 	defer func() {
+		if retErr == nil {
+			e.covered = max(e.covered, ticket)
+		}
 		e.lastErr, e.lastDur = retErr, time.Since(start)
 		if retErr != nil {
 			e.a.log.Error("policy regeneration failed", "err", retErr)
@@ -210,8 +229,15 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 		p := netip.PrefixFrom(ep.IPv4, 32)
 		want[p] = loader.IPCacheEntry{Prefix: p, Identity: uint32(newIDs[ep.ID]), CIDRIdentity: cidrOf(ep.IPv4)}
 	}
+	// Remote pods and nodes: an endpoint's own /32 wins over a policy
+	// CIDR of the same prefix (which stays visible as its CIDR identity),
+	// but never over a local endpoint.
+	localEP := make(map[netip.Prefix]bool, len(eps))
+	for _, ep := range eps {
+		localEP[netip.PrefixFrom(ep.IPv4, 32)] = true
+	}
 	for p, id := range a.clusterSync.remoteEntries() {
-		if _, local := want[p]; !local {
+		if !localEP[p] {
 			want[p] = loader.IPCacheEntry{Prefix: p, Identity: id, CIDRIdentity: cidrOf(p.Addr())}
 		}
 	}
