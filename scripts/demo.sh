@@ -57,6 +57,25 @@ DB=$($M endpoint get shop/db -o json | sed -n 's/.*"ipv4": *"\([^"]*\)".*/\1/p')
 $M lab exec tools/client -- ping -c 1 -W 1 "$ROUTER"
 $M lab exec tools/client -- ping -c 1 -W 1 "$DB"
 
+step "policy: only shop's web pods may reach shop/db, on TCP 9090"
+cat >/tmp/membrane-demo-policy.yaml <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{protocol: TCP, port: 9090}]
+YAML
+$M apply -f /tmp/membrane-demo-policy.yaml
+$M lab probe --port 9090 --proto tcp
+step "why can't tools/client reach shop/db?"
+$M policy trace --from tools/client --to shop/db --port 9090/tcp
+$M observe --to shop/db --verdict DROPPED --last 3
+$M delete -f /tmp/membrane-demo-policy.yaml
+rm -f /tmp/membrane-demo-policy.yaml
+
 if [ "${DEMO_KEEP:-1}" = 0 ]; then
 	step "lab down"
 	$M lab down

@@ -272,7 +272,7 @@ func checkMatrices(t *testing.T, ctx context.Context, l *lab.Lab, step string, p
 		byKey[p.key()] = p
 	}
 	for _, spec := range []lab.ProbeSpec{{Proto: "tcp", Port: 8080}, {Proto: "tcp", Port: 9090}, {Proto: "udp", Port: 8080}, {Proto: "udp", Port: 9090}} {
-		spec.Timeout = 700 * time.Millisecond
+		spec.Timeout = time.Second
 		m, err := l.Probe(ctx, spec)
 		if err != nil {
 			t.Fatalf("step %q: probe %s/%d: %v", step, spec.Proto, spec.Port, err)
