@@ -161,7 +161,7 @@ struct metrics_value {
 #define MBR_MONITOR_OFF     0 /* none, not even drops (metrics still count) */
 #define MBR_MONITOR_DROPS   1 /* drops and policy verdicts */
 #define MBR_MONITOR_DEFAULT 2 /* + traces of the first packet of each direction
-			       * of a connection and of new TCP flags */
+			       * of a connection and of new SYN/FIN/RST flags */
 #define MBR_MONITOR_ALL     3 /* + a trace of every packet */
 
 /* Routing modes (dp_config.routing_mode): how pod traffic reaches a pod on

@@ -81,9 +81,18 @@ static __always_inline __u64 ct_advance(__u32 *flags, const struct flow4 *f, int
 	return CT_LIFETIME_TCP_SYN;
 }
 
+/* TCP flags whose first appearance in a direction is reported at the
+ * default monitor level: the ones that open and close a connection. ACK,
+ * PSH and the rest change on almost every connection without saying
+ * anything about its state, and reporting them cost several ring-buffer
+ * events (and agent wake-ups) per short connection. */
+#ifndef CT_REPORT_TCP_FLAGS
+#define CT_REPORT_TCP_FLAGS (MBR_TCP_SYN | MBR_TCP_FIN | MBR_TCP_RST)
+#endif
+
 /* Account packet f, in direction reply, to e. Returns 1 if the packet is
  * one to report at the default monitor level: the first reply, or one with
- * TCP flags not seen before in its direction; else 0. */
+ * a CT_REPORT_TCP_FLAGS flag not seen before in its direction; else 0. */
 static __always_inline int ct_refresh(struct ct_entry *e, const struct flow4 *f, int reply,
 				      __u32 len, __u64 now)
 {
@@ -95,12 +104,13 @@ static __always_inline int ct_refresh(struct ct_entry *e, const struct flow4 *f,
 	/* Racing CPUs may lose a flag update here; the next packet of the same
 	 * kind sets it again (and may be reported twice). Counters are atomic. */
 	if ((seen | f->tcp_flags) != seen) {
+		if (f->tcp_flags & CT_REPORT_TCP_FLAGS & ~seen)
+			report = 1;
 		seen |= f->tcp_flags;
 		if (reply)
 			e->rx_flags_seen = seen;
 		else
 			e->tx_flags_seen = seen;
-		report = 1;
 	}
 	if (flags != e->flags)
 		e->flags = flags;
@@ -119,7 +129,7 @@ static __always_inline int ct_restarts(const struct ct_entry *e, const struct fl
 
 /* Find the connection of f and account the packet to it. *report is set to
  * 1 for a packet to report at the default monitor level (a new connection,
- * its first reply, new TCP flags in a direction), else 0. */
+ * its first reply, a new SYN, FIN or RST in a direction), else 0. */
 static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 len, __u64 now,
 						 __u8 *report)
 {

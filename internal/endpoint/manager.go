@@ -57,7 +57,11 @@ type Config struct {
 }
 
 // Manager creates, restores and removes endpoints. Its methods are safe for
-// concurrent use; operations are serialised (ADD is a few milliseconds).
+// concurrent use. The slow part of an ADD (address claim in the store, veth,
+// tcx attach, map entry, state file) runs outside the mutex, so ADDs of
+// different attachments proceed in parallel; an attachment with an ADD in
+// flight is reserved (its key and endpoint id), and every other operation
+// on that attachment waits for the ADD to finish.
 type Manager struct {
 	cfg   Config
 	log   *slog.Logger
@@ -68,6 +72,11 @@ type Manager struct {
 	mu       sync.Mutex
 	byID     map[uint16]*api.Endpoint
 	byAttach map[attachKey]uint16
+	// ADDs in flight: their attachments (the channel is closed when the ADD
+	// ends) and the endpoint ids they reserved. An in-flight endpoint is in
+	// neither byID nor byAttach, so List never shows a half-made one.
+	pending  map[attachKey]chan struct{}
+	reserved map[uint16]bool
 }
 
 type attachKey struct{ containerID, ifName string }
@@ -91,6 +100,7 @@ func NewManager(cfg Config, alloc ipam.Allocator, links Links, dp Datapath) (*Ma
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ipam: alloc, links: links, dp: dp,
 		byID: map[uint16]*api.Endpoint{}, byAttach: map[attachKey]uint16{},
+		pending: map[attachKey]chan struct{}{}, reserved: map[uint16]bool{},
 	}, nil
 }
 
@@ -199,10 +209,14 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 		mtu = m.cfg.MTU
 	}
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	key := attachKey{req.ContainerID, req.IfName}
+	m.mu.Lock()
+	if err := m.waitPendingLocked(ctx, key); err != nil {
+		m.mu.Unlock()
+		return api.CNIAddResponse{}, err
+	}
 	if id, ok := m.byAttach[key]; ok {
+		defer m.mu.Unlock()
 		ep := m.byID[id]
 		if ep.Netns != req.Netns {
 			return api.CNIAddResponse{}, fmt.Errorf("%w: container %s interface %s is already attached in netns %s, not %s", ErrConflict, req.ContainerID, req.IfName, ep.Netns, req.Netns)
@@ -211,8 +225,26 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 	}
 	id, err := m.freeID()
 	if err != nil {
+		m.mu.Unlock()
 		return api.CNIAddResponse{}, err
 	}
+	// Reserve the attachment and the id, then do the slow work unlocked.
+	// This deferred function runs last, after every rollback below.
+	done := make(chan struct{})
+	m.pending[key], m.reserved[id] = done, true
+	m.mu.Unlock()
+	var ep *api.Endpoint
+	defer func() {
+		m.mu.Lock()
+		delete(m.pending, key)
+		delete(m.reserved, id)
+		if retErr == nil {
+			m.byID[id] = ep
+			m.byAttach[key] = id
+		}
+		m.mu.Unlock()
+		close(done)
+	}()
 
 	addr, err := m.ipam.Allocate(ctx, key.owner())
 	if err != nil {
@@ -261,7 +293,7 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 		}
 	}()
 
-	ep := &api.Endpoint{
+	ep = &api.Endpoint{
 		ID: id, ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns,
 		Namespace: req.Namespace, Name: req.PodName, Labels: copyLabels(req.Labels), Ports: ports,
 		IPv4: addr, MAC: vres.PodMAC.String(), HostIfName: hostIf, HostIfIndex: vres.HostIfIndex,
@@ -271,8 +303,6 @@ func (m *Manager) Add(ctx context.Context, req api.CNIAddRequest) (_ api.CNIAddR
 	if err := m.save(ep); err != nil {
 		return api.CNIAddResponse{}, err
 	}
-	m.byID[id] = ep
-	m.byAttach[key] = id
 	m.log.Info("endpoint added", "id", id, "container", req.ContainerID, "pod", req.Namespace+"/"+req.PodName, "ip", addr, "ifname", hostIf)
 	return m.response(ep), nil
 }
@@ -286,9 +316,28 @@ func (m *Manager) response(ep *api.Endpoint) api.CNIAddResponse {
 	}
 }
 
+// waitPendingLocked waits, with mu held on entry and on return, until no
+// ADD of key is in flight.
+func (m *Manager) waitPendingLocked(ctx context.Context, key attachKey) error {
+	for {
+		ch, ok := m.pending[key]
+		if !ok {
+			return nil
+		}
+		m.mu.Unlock()
+		select {
+		case <-ch:
+			m.mu.Lock()
+		case <-ctx.Done():
+			m.mu.Lock()
+			return fmt.Errorf("wait for the ADD of %s in flight: %w", key.owner(), ctx.Err())
+		}
+	}
+}
+
 func (m *Manager) freeID() (uint16, error) {
 	for id := 1; id <= 0xffff; id++ {
-		if _, used := m.byID[uint16(id)]; !used {
+		if _, used := m.byID[uint16(id)]; !used && !m.reserved[uint16(id)] {
 			return uint16(id), nil
 		}
 	}
@@ -300,9 +349,12 @@ func (m *Manager) Del(ctx context.Context, req api.CNIDelRequest) error {
 	if err := validateAttachment(req.ContainerID, req.IfName); err != nil {
 		return err
 	}
+	key := attachKey{req.ContainerID, req.IfName}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	key := attachKey{req.ContainerID, req.IfName}
+	if err := m.waitPendingLocked(ctx, key); err != nil {
+		return err
+	}
 	id, ok := m.byAttach[key]
 	if !ok {
 		// Still release an address this owner might hold (a crash between
@@ -349,13 +401,17 @@ func (m *Manager) releaseOwner(ctx context.Context, owner string) error {
 
 // Check verifies an attachment end to end: record, interfaces, address,
 // routes, program map entry.
-func (m *Manager) Check(_ context.Context, req api.CNICheckRequest) error {
+func (m *Manager) Check(ctx context.Context, req api.CNICheckRequest) error {
 	if err := validateAttachment(req.ContainerID, req.IfName); err != nil {
 		return err
 	}
+	key := attachKey{req.ContainerID, req.IfName}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	id, ok := m.byAttach[attachKey{req.ContainerID, req.IfName}]
+	if err := m.waitPendingLocked(ctx, key); err != nil {
+		return err
+	}
+	id, ok := m.byAttach[key]
 	if !ok {
 		return fmt.Errorf("%w: container %s interface %s", ErrNotFound, req.ContainerID, req.IfName)
 	}
@@ -407,6 +463,9 @@ func (m *Manager) GC(ctx context.Context, req api.CNIGCRequest) (api.CNIGCRespon
 	live := map[string]bool{}
 	for k := range m.byAttach {
 		live[k.owner()] = true
+	}
+	for k := range m.pending {
+		live[k.owner()] = true // its address is being claimed right now
 	}
 	allocs := m.ipam.Allocations()
 	for _, a := range ipam.SortedAddrs(allocs) {
