@@ -29,8 +29,9 @@ import (
 )
 
 const usage = `usage:
-  membrane-bench run --profile quick|full [--out DIR] [--docs DIR] [--rounds N] [--duration D]
-                     [--topologies K1,K2] [--workloads W1,W2] [--bin-dir DIR] [--cpu N] [--skip cni,memory,datapath] [--no-report]
+  membrane-bench run --profile quick|full [--out DIR] [--docs DIR] [--rounds N] [--iterations N] [--duration D]
+                     [--topologies K1,K2] [--workloads W1,W2] [--bin-dir DIR] [--cpu N] [--agent-arg=--flag=value ...]
+                     [--skip datapath,cni,memory,propagation] [--no-report]
   membrane-bench report [--results FILE] [--out DIR] [--docs DIR]
   membrane-bench clean
 `
@@ -72,13 +73,16 @@ func runCmd(ctx context.Context, args []string, logger *slog.Logger) error {
 	out := fs.String("out", "bench/results", "directory for the JSON results")
 	docs := fs.String("docs", "docs", "directory of performance.md (charts go to its images/)")
 	rounds := fs.Int("rounds", 0, "rounds (0: the profile's)")
+	iterations := fs.Int("iterations", 0, "policy propagation iterations (0: the profile's)")
 	duration := fs.Duration("duration", 0, "duration of one measurement (0: the profile's)")
 	topologies := fs.String("topologies", "", "only these topology names, comma-separated (e.g. DIRECT,MEMBRANE)")
 	workloads := fs.String("workloads", "", "only these workloads, comma-separated (tcp-rr,tcp-stream,tcp-crr,udp-rr)")
 	binDir := fs.String("bin-dir", "", "directory of membrane, membrane-agent, membrane-cni (default: next to this binary)")
 	cpu := fs.Int("cpu", 0, "CPU that client and server are pinned to")
 	noReport := fs.Bool("no-report", false, "write the results only, not docs/performance.md")
-	skip := fs.String("skip", "", "skip parts, comma-separated: datapath, cni, memory")
+	skip := fs.String("skip", "", "skip parts, comma-separated: datapath, cni, memory, propagation")
+	var agentArgs stringList
+	fs.Var(&agentArgs, "agent-arg", "extra membrane-agent flag for every lab of the run, repeatable (e.g. --agent-arg=--monitor-level=off)")
 	_ = fs.Parse(args)
 
 	cfg, err := bench.Profile(*profile)
@@ -88,6 +92,9 @@ func runCmd(ctx context.Context, args []string, logger *slog.Logger) error {
 	if *rounds > 0 {
 		cfg.Rounds = *rounds
 		cfg.CNI.Rounds = *rounds
+	}
+	if *iterations > 0 {
+		cfg.Propagation.Iterations = *iterations
 	}
 	if *duration > 0 {
 		cfg.Duration = *duration
@@ -126,10 +133,13 @@ func runCmd(ctx context.Context, args []string, logger *slog.Logger) error {
 			cfg.CNI.Plugins = nil
 		case "memory":
 			cfg.Memory.Endpoints = 0
+		case "propagation":
+			cfg.Propagation.Endpoints = 0
 		default:
-			return fmt.Errorf("--skip %q: want datapath, cni or memory", part)
+			return fmt.Errorf("--skip %q: want datapath, cni, memory or propagation", part)
 		}
 	}
+	cfg.AgentArgs = agentArgs
 	cfg.CPU = *cpu
 	cfg.Logger = logger
 
@@ -158,6 +168,12 @@ func runCmd(ctx context.Context, args []string, logger *slog.Logger) error {
 	}
 	return runErr
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, " ") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func reportCmd(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ExitOnError)

@@ -139,7 +139,7 @@ func TestRatioAndTargets(t *testing.T) {
 		t.Errorf("ratio = %+v", ratio)
 	}
 	got := map[string]string{}
-	for _, tg := range r.Targets() {
+	for _, tg := range r.Targets()[:6] { // the policy, events and propagation ones: policy_test.go
 		got[tg.What] = tg.Status
 	}
 	want := map[string]string{
@@ -186,8 +186,11 @@ func TestProfiles(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
-		// ≥ 100 CNI samples per (plugin, concurrency), ≥ 5 rounds.
-		if cfg.CNI.Rounds*cfg.CNI.Batch < 100 || cfg.CNI.Rounds*20 < 100 || cfg.Rounds < 5 {
+		// ≥ 100 CNI samples per (plugin, concurrency), ≥ 4 rounds (quick
+		// went from 5 to 4 to make room for the policy, events and
+		// propagation parts), ≥ 30 propagation iterations at 100 endpoints.
+		if cfg.CNI.Rounds*cfg.CNI.Batch < 100 || cfg.CNI.Rounds*20 < 100 || cfg.Rounds < 4 ||
+			cfg.Propagation.Iterations < 30 || cfg.Propagation.Endpoints != 100 {
 			t.Errorf("%s: too few samples: %+v", name, cfg)
 		}
 	}
@@ -204,15 +207,20 @@ func TestProfiles(t *testing.T) {
 }
 
 func TestTopologyNames(t *testing.T) {
-	for spec, want := range map[TopologySpec]string{
-		{Kind: KindDirect}:                         "DIRECT",
-		{Kind: KindIPTables, PolicyEntries: 10000}: "IPTABLES-10000",
-		{Kind: KindNFTSet, PolicyEntries: 1000}:    "NFT-SET-1000",
-		{Kind: KindMembrane}:                       "MEMBRANE",
-		{Kind: KindMembrane, PolicyEntries: 1000}:  "MEMBRANE-POLICY-1000",
+	for _, tt := range []struct {
+		spec TopologySpec
+		want string
+	}{
+		{TopologySpec{Kind: KindDirect}, "DIRECT"},
+		{TopologySpec{Kind: KindIPTables, PolicyEntries: 10000}, "IPTABLES-10000"},
+		{TopologySpec{Kind: KindNFTSet, PolicyEntries: 1000}, "NFT-SET-1000"},
+		{TopologySpec{Kind: KindMembrane}, "MEMBRANE"},
+		{TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 0, Workloads: []string{WorkloadTCPRR}}, "MEMBRANE-POLICY-0"},
+		{TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 1000}, "MEMBRANE-POLICY-1000"},
+		{TopologySpec{Kind: KindMembrane, MonitorLevel: "off"}, "MEMBRANE-MONITOR-OFF"},
 	} {
-		if got := spec.Name(); got != want {
-			t.Errorf("%+v.Name() = %q, want %q", spec, got, want)
+		if got := tt.spec.Name(); got != tt.want {
+			t.Errorf("%+v.Name() = %q, want %q", tt.spec, got, tt.want)
 		}
 	}
 }

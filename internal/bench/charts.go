@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/color"
 	"math"
+	"os"
 	"slices"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 var (
@@ -22,7 +24,7 @@ var (
 // median primary metric to DIRECT's. Reference lines at 1.0 and 0.95.
 func RatioChart(r *Results, path string) error {
 	var topos []string
-	for _, t := range r.topologyNames() {
+	for _, t := range r.fullTopologies() {
 		if t != "DIRECT" {
 			topos = append(topos, t)
 		}
@@ -210,4 +212,109 @@ func save(p *plot.Plot, path string, w, h vg.Length) error {
 		return fmt.Errorf("save chart %s: %w", path, err)
 	}
 	return nil
+}
+
+// policySeries is one family's median rate at each N, with its range.
+type policySeries struct {
+	xys  plotter.XYs
+	errs plotter.YErrors
+}
+
+func (s policySeries) Len() int                        { return len(s.xys) }
+func (s policySeries) XY(i int) (float64, float64)     { return s.xys[i].X, s.xys[i].Y }
+func (s policySeries) YError(i int) (float64, float64) { return s.errs[i].Low, s.errs[i].High }
+
+// PolicyChart draws the rate vs policy entries chart: one panel per
+// workload measured on MEMBRANE-POLICY-N, one line per datapath (median,
+// bars from min to max), N on an evenly spaced axis.
+func PolicyChart(r *Results, path string) error {
+	ns := r.policyNs()
+	workloads := r.policyWorkloads()
+	if len(ns) == 0 || len(workloads) == 0 {
+		return nil
+	}
+	labels := make([]string, len(ns))
+	for i, n := range ns {
+		labels[i] = fmt.Sprint(n)
+	}
+	legend := map[string]string{
+		familyMembrane: "Membrane (MEMBRANE-POLICY-N)",
+		familyIPTables: "iptables (IPTABLES-N; ROUTED at 0)",
+		familyNFTSet:   "nftables set (NFT-SET-N; ROUTED at 0)",
+	}
+	var row []*plot.Plot
+	for _, w := range workloads {
+		m := w.Metrics[0]
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("%s: %s vs policy entries", w.Name, m.Unit)
+		p.X.Label.Text = "policy entries N (never matching)"
+		p.Y.Label.Text = m.Unit + " (median, min–max)"
+		p.Y.Min = 0
+		p.Legend.Top = true
+		p.Legend.Left = false
+		ymax := 0.0
+		for k, fam := range policyFamilies {
+			var s policySeries
+			for i, n := range ns {
+				t := r.policyTopology(fam, n)
+				if t == "" {
+					continue
+				}
+				sum := Summarize(r.Values(t, w.Name, m.Name))
+				if sum.N == 0 {
+					continue
+				}
+				// Families side by side around each N, so that their
+				// ranges do not hide one another.
+				s.xys = append(s.xys, plotter.XY{X: float64(i) + 0.06*float64(k-1), Y: sum.Median})
+				s.errs = append(s.errs, struct{ Low, High float64 }{sum.Median - sum.Min, sum.Max - sum.Median})
+				ymax = math.Max(ymax, sum.Max)
+			}
+			if s.Len() == 0 {
+				continue
+			}
+			line, points, err := plotter.NewLinePoints(s.xys)
+			if err != nil {
+				return fmt.Errorf("policy chart: %w", err)
+			}
+			c := topologyColor("", k)
+			if fam == familyMembrane {
+				c = topologyColor("MEMBRANE", 0)
+			}
+			line.Color, line.Width = c, vg.Points(2)
+			points.Color, points.Radius = c, vg.Points(3)
+			points.Shape = draw.CircleGlyph{}
+			bars, err := plotter.NewYErrorBars(s)
+			if err != nil {
+				return fmt.Errorf("policy chart: %w", err)
+			}
+			bars.Color = c
+			p.Add(line, points, bars)
+			p.Legend.Add(legend[fam], line, points)
+		}
+		p.Y.Max = ymax * 1.35 // room for the legend
+		p.X.Min, p.X.Max = -0.3, float64(len(ns)-1)+0.3
+		p.NominalX(labels...)
+		p.Add(plotter.NewGrid())
+		row = append(row, p)
+	}
+	const panelW, panelH = 5.5 * vg.Inch, 4.5 * vg.Inch
+	img := vgimg.New(panelW*vg.Length(len(row)), panelH)
+	dc := draw.New(img)
+	dc.SetColor(color.White)
+	dc.Fill(dc.Rectangle.Path())
+	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Points(12), PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(8)}
+	canvases := plot.Align([][]*plot.Plot{row}, tiles, dc)
+	for i, p := range row {
+		p.Draw(canvases[0][i])
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("save chart %s: %w", path, err)
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("save chart %s: %w", path, err)
+	}
+	return f.Close()
 }

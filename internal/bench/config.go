@@ -17,7 +17,14 @@ const (
 	KindNFTSet   = "nftset"   // routed + one nftables rule over an N-element set
 	KindBridge   = "bridge"   // reference CNI bridge + host-local in a node namespace
 	KindMembrane = "membrane" // a Membrane lab: agent + two pods via membrane-cni
+	// KindMembranePolicy is a Membrane lab whose server pod is selected by
+	// NetworkPolicies holding PolicyEntries never-matching entries plus the
+	// rule that allows the client (ingress enforced even at 0 entries).
+	KindMembranePolicy = "membrane-policy"
 )
+
+// Monitor levels of the agent's --monitor-level flag.
+var monitorLevels = []string{"off", "drops", "default", "all"}
 
 // Workload names.
 const (
@@ -31,26 +38,54 @@ const (
 type TopologySpec struct {
 	Kind string `json:"kind"`
 	// PolicyEntries is the number of policy entries the datapath holds:
-	// iptables rules (KindIPTables), set elements (KindNFTSet) or, once
-	// Membrane's policy datapath lands, Membrane policy map entries
-	// (KindMembrane, which accepts only 0 for now). None of them match the
-	// benchmark traffic, so every packet pays for the lookup.
+	// iptables rules (KindIPTables), set elements (KindNFTSet) or entries
+	// of the server pod's Membrane policy map (KindMembranePolicy; the
+	// entries the client needs come on top). None of them match the
+	// benchmark traffic. iptables and nftables look every forwarded packet
+	// up; Membrane looks up the first packet of each connection (later ones
+	// pass on conntrack), as Cilium does.
 	PolicyEntries int `json:"policyEntries,omitempty"`
+	// Workloads, when set, restricts the workloads run on this topology
+	// (a subset of Config.Workloads); empty means all of them.
+	Workloads []string `json:"workloads,omitempty"`
+	// MonitorLevel is the agent's --monitor-level for the Membrane kinds;
+	// empty leaves the agent's default ("default").
+	MonitorLevel string `json:"monitorLevel,omitempty"`
+}
+
+// runs reports whether workload w runs on this topology.
+func (s TopologySpec) runs(w string) bool {
+	return len(s.Workloads) == 0 || slices.Contains(s.Workloads, w)
+}
+
+// isMembrane reports whether the topology is a Membrane lab.
+func (s TopologySpec) isMembrane() bool {
+	return s.Kind == KindMembrane || s.Kind == KindMembranePolicy
+}
+
+// plainMembrane is the MEMBRANE topology with the agent's defaults.
+func (s TopologySpec) plainMembrane() bool {
+	return s.Kind == KindMembrane && s.PolicyEntries == 0 && s.MonitorLevel == ""
 }
 
 // Name is how the topology appears in results and reports:
-// "DIRECT", "IPTABLES-10000", "MEMBRANE", "MEMBRANE-POLICY-1000".
+// "DIRECT", "IPTABLES-10000", "MEMBRANE", "MEMBRANE-POLICY-1000",
+// "MEMBRANE-MONITOR-OFF".
 func (s TopologySpec) Name() string {
 	switch s.Kind {
 	case KindIPTables:
 		return fmt.Sprintf("IPTABLES-%d", s.PolicyEntries)
 	case KindNFTSet:
 		return fmt.Sprintf("NFT-SET-%d", s.PolicyEntries)
-	case KindMembrane:
-		if s.PolicyEntries > 0 {
-			return fmt.Sprintf("MEMBRANE-POLICY-%d", s.PolicyEntries)
+	case KindMembrane, KindMembranePolicy:
+		name := "MEMBRANE"
+		if s.Kind == KindMembranePolicy || s.PolicyEntries > 0 {
+			name += fmt.Sprintf("-POLICY-%d", s.PolicyEntries)
 		}
-		return "MEMBRANE"
+		if s.MonitorLevel != "" {
+			name += "-MONITOR-" + upper(s.MonitorLevel)
+		}
+		return name
 	}
 	return upper(s.Kind)
 }
@@ -88,6 +123,24 @@ type MemoryConfig struct {
 	Settle time.Duration `json:"settle"`
 }
 
+// PropagationConfig configures the policy propagation measurement: a lab
+// with Endpoints endpoints on one node (a client and a server pod with
+// traffic servers, the rest attached through membrane-cni only), a UDP
+// prober from client to server, and Iterations rounds of applying, then
+// deleting, a policy that denies the probes.
+type PropagationConfig struct {
+	// Endpoints on the node, client and server included; 0 skips the
+	// measurement.
+	Endpoints int `json:"endpoints"`
+	// Iterations of apply (deny) + delete (allow).
+	Iterations int `json:"iterations"`
+	// Interval between two probes.
+	Interval time.Duration `json:"interval"`
+	// Timeout is how long one transition may take before it counts as
+	// failed.
+	Timeout time.Duration `json:"timeout"`
+}
+
 // Config is one benchmark run.
 type Config struct {
 	Profile string `json:"profile"`
@@ -102,6 +155,11 @@ type Config struct {
 	Workloads  []string       `json:"workloads"`
 	CNI        CNIConfig      `json:"cni"`
 	Memory     MemoryConfig   `json:"memory"`
+	// Propagation of policy changes to the datapath.
+	Propagation PropagationConfig `json:"propagation"`
+	// AgentArgs are extra membrane-agent flags for every lab of the run
+	// (before the flags a topology sets itself).
+	AgentArgs []string `json:"agentArgs,omitempty"`
 
 	// BinDir holds membrane, membrane-agent and membrane-cni. Default: the
 	// directory of the running executable, else $PATH.
@@ -122,42 +180,60 @@ const (
 // Profile returns the configuration of a named profile.
 //
 // quick (`make bench`) must finish within 10 minutes on a 2-core VM:
-// 2-second measurements, 5 rounds, the 10000-entry policy baselines only,
-// 100 CNI ADD samples per (plugin, concurrency), K=100 endpoints. (6
-// topologies × 4 workloads × 5 rounds are 120 measurements, and sockperf
-// adds about 2.3 s of its own start-up to each of its runs: at 3 s per
-// measurement the datapath part alone takes about 8.5 minutes.)
-// full (`make bench-full`): 10-second measurements, 9 rounds, 1000 and
-// 10000 entries, 200 CNI samples, K=1000.
+// 2-second measurements, 4 rounds, the 10000-entry policy baselines,
+// Membrane with 0 and 10000 policy entries and with flow events off (tcp-rr
+// and tcp-crr only), 100 CNI ADD samples per (plugin, concurrency), K=100
+// endpoints, 30 propagation iterations at 100 endpoints. (30 measurements
+// a round, at about 3.2 s each since sockperf adds about 2.3 s of start-up
+// to each of its runs: the datapath part takes about 6.5 minutes. Rounds
+// were cut from 5 to 4 when the policy, events and propagation parts came.)
+// full (`make bench-full`): 10-second measurements, 9 rounds, 1000, 10000
+// and 50000 entries (tcp-rr, tcp-crr and udp-rr on the policy topologies),
+// 200 CNI samples, K=1000, 100 propagation iterations.
 func Profile(name string) (Config, error) {
 	all := []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR}
-	base := []TopologySpec{{Kind: KindDirect}, {Kind: KindRouted}, {Kind: KindBridge}, {Kind: KindMembrane}}
+	events := []string{WorkloadTCPRR, WorkloadTCPCRR}
+	base := []TopologySpec{{Kind: KindDirect}, {Kind: KindRouted}, {Kind: KindBridge}, {Kind: KindMembrane},
+		// Flow events off, measured right after MEMBRANE (default level).
+		{Kind: KindMembrane, MonitorLevel: "off", Workloads: events}}
 	switch name {
 	case ProfileQuick:
+		policy := []string{WorkloadTCPRR, WorkloadTCPCRR}
 		return Config{
 			Profile:  name,
-			Rounds:   5,
+			Rounds:   4,
 			Duration: 2 * time.Second,
 			Topologies: append(base,
 				TopologySpec{Kind: KindIPTables, PolicyEntries: 10000},
-				TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000}),
-			Workloads: all,
-			CNI:       CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 20}, Batch: 20, Rounds: 5},
-			Memory:    MemoryConfig{Endpoints: 100, Settle: 3 * time.Second},
+				TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000},
+				TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 0, Workloads: policy},
+				TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 10000, Workloads: policy}),
+			Workloads:   all,
+			CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 20}, Batch: 20, Rounds: 5},
+			Memory:      MemoryConfig{Endpoints: 100, Settle: 3 * time.Second},
+			Propagation: PropagationConfig{Endpoints: 100, Iterations: 30, Interval: 500 * time.Microsecond, Timeout: 3 * time.Second},
 		}, nil
 	case ProfileFull:
+		policy := []string{WorkloadTCPRR, WorkloadTCPCRR, WorkloadUDPRR}
+		topos := append(base,
+			TopologySpec{Kind: KindIPTables, PolicyEntries: 1000},
+			TopologySpec{Kind: KindIPTables, PolicyEntries: 10000},
+			TopologySpec{Kind: KindIPTables, PolicyEntries: 50000, Workloads: policy},
+			TopologySpec{Kind: KindNFTSet, PolicyEntries: 1000},
+			TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000},
+			TopologySpec{Kind: KindNFTSet, PolicyEntries: 50000, Workloads: policy})
+		for _, n := range []int{0, 1000, 10000, 50000} {
+			topos = append(topos, TopologySpec{Kind: KindMembranePolicy, PolicyEntries: n, Workloads: policy})
+		}
 		return Config{
-			Profile:  name,
-			Rounds:   9,
-			Duration: 10 * time.Second,
-			Topologies: append(base,
-				TopologySpec{Kind: KindIPTables, PolicyEntries: 1000},
-				TopologySpec{Kind: KindIPTables, PolicyEntries: 10000},
-				TopologySpec{Kind: KindNFTSet, PolicyEntries: 1000},
-				TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000}),
-			Workloads: all,
-			CNI:       CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 20}, Batch: 20, Rounds: 10},
-			Memory:    MemoryConfig{Endpoints: 1000, Settle: 5 * time.Second},
+			Profile:     name,
+			Rounds:      9,
+			Duration:    10 * time.Second,
+			Topologies:  topos,
+			Workloads:   all,
+			CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 20}, Batch: 20, Rounds: 10},
+			Memory:      MemoryConfig{Endpoints: 1000, Settle: 5 * time.Second},
+			Propagation: PropagationConfig{Endpoints: 100, Iterations: 100, Interval: 500 * time.Microsecond, Timeout: 3 * time.Second},
 		}, nil
 	}
 	return Config{}, fmt.Errorf("unknown profile %q: want %s or %s", name, ProfileQuick, ProfileFull)
@@ -169,7 +245,11 @@ const (
 	maxDuration      = 2 * time.Minute
 	maxEndpoints     = 2000
 	maxConcurrency   = 64
-	maxPolicyEntries = 100000
+	maxPolicyEntries = 65000 // distinct (source, port) pairs of denyEntry
+	maxTopologies    = 40    // Membrane labs get 10.200.(160+index).0/24
+	maxIterations    = 1000
+	// maxPropagationEndpoints fits the propagation lab's /22.
+	maxPropagationEndpoints = 1000
 )
 
 // Validate checks a config.
@@ -197,6 +277,19 @@ func (c Config) Validate() error {
 		}
 		if (t.Kind == KindIPTables || t.Kind == KindNFTSet) && t.PolicyEntries < 1 {
 			errs = append(errs, fmt.Errorf("topology %s needs policy entries", t.Kind))
+		}
+		if t.Kind == KindMembrane && t.PolicyEntries > 0 {
+			errs = append(errs, fmt.Errorf("topology %s: policy entries need kind %s", t.Name(), KindMembranePolicy))
+		}
+		if t.MonitorLevel != "" && (!t.isMembrane() || !slices.Contains(monitorLevels, t.MonitorLevel)) {
+			errs = append(errs, fmt.Errorf("topology %s: monitor level %q: want one of %v on a Membrane topology", t.Name(), t.MonitorLevel, monitorLevels))
+		}
+		for _, w := range t.Workloads {
+			// A workload left out of Config.Workloads (--workloads) is
+			// simply not run; an unknown one is a typo.
+			if _, ok := workloadKinds[w]; !ok {
+				errs = append(errs, fmt.Errorf("topology %s: workload %q is unknown", t.Name(), w))
+			}
 		}
 		if seen[t.Name()] {
 			errs = append(errs, fmt.Errorf("topology %s listed twice", t.Name()))
@@ -226,6 +319,23 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	if len(c.Topologies) > maxTopologies {
+		errs = append(errs, fmt.Errorf("%d topologies: at most %d", len(c.Topologies), maxTopologies))
+	}
+	if p := c.Propagation; p.Endpoints != 0 {
+		if p.Endpoints < 2 || p.Endpoints > maxPropagationEndpoints {
+			errs = append(errs, fmt.Errorf("propagation endpoints %d: want 0 or 2..%d", p.Endpoints, maxPropagationEndpoints))
+		}
+		if p.Iterations < 1 || p.Iterations > maxIterations {
+			errs = append(errs, fmt.Errorf("propagation iterations %d: want 1..%d", p.Iterations, maxIterations))
+		}
+		if p.Interval < 100*time.Microsecond || p.Interval > 100*time.Millisecond {
+			errs = append(errs, fmt.Errorf("propagation interval %s: want 100µs..100ms", p.Interval))
+		}
+		if p.Timeout < 100*time.Millisecond || p.Timeout > time.Minute {
+			errs = append(errs, fmt.Errorf("propagation timeout %s: want 100ms..1m", p.Timeout))
+		}
+	}
 	if c.Memory.Endpoints < 0 || c.Memory.Endpoints > maxEndpoints {
 		errs = append(errs, fmt.Errorf("memory endpoints %d: want 0..%d", c.Memory.Endpoints, maxEndpoints))
 	}
@@ -247,6 +357,6 @@ func (c Config) withDefaults() Config {
 
 // needsMembrane reports whether the run needs the Membrane binaries.
 func (c Config) needsMembrane() bool {
-	return slices.ContainsFunc(c.Topologies, func(t TopologySpec) bool { return t.Kind == KindMembrane }) ||
-		slices.Contains(c.CNI.Plugins, "membrane") || c.Memory.Endpoints > 0
+	return slices.ContainsFunc(c.Topologies, TopologySpec.isMembrane) ||
+		slices.Contains(c.CNI.Plugins, "membrane") || c.Memory.Endpoints > 0 || c.Propagation.Endpoints > 0
 }

@@ -193,9 +193,9 @@ func measureCNI(ctx context.Context, env *Env, cfg CNIConfig, plugins []*cniPlug
 
 // measureMemory starts a fresh lab, reads the agent's RSS with no endpoint,
 // attaches k namespaces through membrane-cni, and reads it again.
-func measureMemory(ctx context.Context, env *Env, cfg MemoryConfig, membraneBin string) (*MemoryResult, error) {
+func measureMemory(ctx context.Context, env *Env, cfg MemoryConfig, membraneBin string, agentArgs []string) (*MemoryResult, error) {
 	// A /21 holds 2046 pods: room for K up to maxEndpoints.
-	l, err := upLab(ctx, env, "bmem-"+env.ID, memoryLabCIDR)
+	l, err := upLab(ctx, env, labSpec{name: "bmem-" + env.ID, cidr: memoryLabCIDR, agentArgs: agentArgs})
 	if err != nil {
 		return nil, err
 	}

@@ -1,17 +1,23 @@
 // Package bench is Membrane's benchmark harness: it builds the datapath
 // topologies under test side by side in one run (DIRECT, ROUTED, BRIDGE,
-// MEMBRANE and the iptables/nftables policy baselines), runs the same
-// workloads through each of them in interleaved rounds, measures the control
-// plane (CNI ADD latency, agent memory per endpoint), and writes the results
-// as JSON and as docs/performance.md with PNG charts.
+// MEMBRANE, MEMBRANE with flow events off, MEMBRANE-POLICY-N and the
+// iptables/nftables policy baselines IPTABLES-N and NFT-SET-N), runs the
+// same workloads through each of them in interleaved rounds, measures the
+// control plane (CNI ADD latency, agent memory per endpoint, how long a
+// policy change takes to reach the datapath), and writes the results as
+// JSON and as docs/performance.md with PNG charts.
 //
 // A run owns, and only ever touches:
 //   - network namespaces named mbb-<run>-… (the run id is six random hex
 //     characters), created with `ip netns add`, with veth pairs created
 //     directly inside them; no namespace gets a route out of the machine and
 //     nothing is attached to the machine's own interfaces;
-//   - Membrane labs named bench-<run> and bmem-<run> (internal/lab), which
-//     own their own namespaces (mbr-bench-<run>-…), agents and BPF pins;
+//   - Membrane labs (internal/lab) named bench-<run> (MEMBRANE), bt<i>-<run>
+//     (the other Membrane topologies, i their index in the run), bprop-<run>
+//     (propagation) and bmem-<run> (memory), which own their namespaces
+//     (mbr-<lab>-…), agents and BPF pins, and the policies applied to them;
+//   - a UDP prober thread that enters the propagation lab's client pod
+//     namespace (and never leaves it: the thread ends with the prober);
 //   - the tool processes it starts (sockperf, iperf3, nginx, wrk), each in
 //     one of those namespaces, bound to its lab addresses and pinned to one
 //     CPU with taskset;
@@ -19,13 +25,16 @@
 //     the libcni cache and logs.
 //
 // Lifecycle: Run checks the tools (Deps), sets every topology up, runs the
-// rounds, and tears everything down in reverse order, also when the context
-// is cancelled (SIGINT) or a step fails. `membrane-bench clean` removes what a
-// killed run left behind (namespaces with the mbb- prefix and bench labs).
+// rounds, measures the control plane (CNI, memory, propagation), and tears
+// everything down in reverse order, also when the context is cancelled
+// (SIGINT) or a step fails. `membrane-bench clean` removes what a killed
+// run left behind (namespaces with the mbb- prefix and bench labs).
 //
 // Extending: a topology implements Topology and is registered in
 // topologyKinds; a workload implements Workload and is registered in
 // workloadKinds. A topology returns a Pair (client and server endpoints, each
 // a namespace and an address); workloads only ever see Pairs, so cross-node
-// and service topologies plug in without touching the workloads.
+// and service topologies plug in without touching the workloads. A
+// TopologySpec may list the workloads it runs (the policy and events
+// topologies run only the few their comparison needs).
 package bench

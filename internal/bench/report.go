@@ -71,7 +71,8 @@ func (r *Results) Targets() []Target {
 			p99.Measured += fmt.Sprintf(", %d ADDs failed", s.Failures)
 		}
 	}
-	return append(out, p50, p99)
+	out = append(out, p50, p99)
+	return append(out, r.extraTargets()...)
 }
 
 func metStatus(ok bool) string {
@@ -89,6 +90,28 @@ func (r *Results) primary(workload string) string {
 		}
 	}
 	return ""
+}
+
+// topologyRuns reports whether a workload ran on a topology.
+func (r *Results) topologyRuns(topology, workload string) bool {
+	for _, t := range r.Topologies {
+		if t.Name == topology {
+			return t.Spec.runs(workload)
+		}
+	}
+	return false
+}
+
+// fullTopologies are the topologies that ran every workload (the ones the
+// ratio chart shows).
+func (r *Results) fullTopologies() []string {
+	var out []string
+	for _, t := range r.Topologies {
+		if t.Error == "" && len(t.Spec.Workloads) == 0 {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }
 
 // topologyNames lists the topologies that produced at least one value.
@@ -125,11 +148,6 @@ func (r *Results) ratioColumns() []ratioColumn {
 	for _, n := range names {
 		if (strings.HasPrefix(n, "IPTABLES-") || strings.HasPrefix(n, "NFT-SET-")) && has("ROUTED") {
 			cols = append(cols, ratioColumn{n, "ROUTED"})
-		}
-	}
-	for _, n := range names {
-		if strings.HasPrefix(n, "MEMBRANE-POLICY-") && has("MEMBRANE") {
-			cols = append(cols, ratioColumn{n, "MEMBRANE"})
 		}
 	}
 	return cols
@@ -198,6 +216,9 @@ func Render(r *Results, resultsRef string) string {
 			}
 			p(" n | failed |\n|---|%s---|---|\n", strings.Repeat("---|", len(w.Metrics)))
 			for _, t := range r.topologyNames() {
+				if !r.topologyRuns(t, w.Name) {
+					continue
+				}
 				p("| %s |", t)
 				n := 0
 				for _, m := range w.Metrics {
@@ -215,6 +236,9 @@ func Render(r *Results, resultsRef string) string {
 			p("\n")
 		}
 	}
+
+	renderPolicy(r, p)
+	renderEvents(r, p)
 
 	// Control plane.
 	if len(r.CNI) > 0 || r.Memory != nil {
@@ -246,12 +270,16 @@ func Render(r *Results, resultsRef string) string {
 		p("| %d | %.1f | %.1f | %.1f KiB |\n\n", m.Endpoints, m.RSS0KiB/1024, m.RSSKKiB/1024, m.PerEndpointKiB)
 		p("The agent is a Go process with an embedded etcd: its RSS moves with garbage collection and heap growth, so one run's per-endpoint figure is indicative, not precise; compare runs with the same K.\n\n")
 	}
+	renderPropagation(r, p)
 
 	// Method.
 	p("## Method\n\n")
 	p("* **Topologies** (each a client pod and a server pod, built in namespaces by the harness in the same run; nothing touches the machine's own interfaces, no namespace has a route out):\n")
 	for _, t := range r.Topologies {
 		p("  * **%s** — %s", t.Name, t.Description)
+		if len(t.Spec.Workloads) > 0 {
+			p(" (workloads: %s)", strings.Join(t.Spec.Workloads, ", "))
+		}
 		if t.Error != "" {
 			p(" — *failed to set up: %s*", oneLine(t.Error))
 		}
@@ -261,7 +289,7 @@ func Render(r *Results, resultsRef string) string {
 	for _, w := range r.Workloads {
 		p("  * **%s** — %s\n", w.Name, workloadBlurb(w.Name))
 	}
-	p("* **Rounds**: %d, interleaved — every round runs every workload on every topology, topologies back to back "+
+	p("* **Rounds**: %d, interleaved — every round runs every workload on every topology (a topology listed with workloads of its own runs only those), topologies back to back "+
 		"(A B C A B C …), so slow phases of a noisy machine hit all of them alike. Reported: medians, min–max, and ratios. "+
 		"Before the first round each topology's path is checked with a ping (not recorded). "+
 		"No test asserts absolute numbers.\n", r.Config.Rounds)
@@ -279,7 +307,18 @@ func Render(r *Results, resultsRef string) string {
 	p("* Request/response uses 14-byte messages, sockperf's minimum, rather than 1 byte; the per-packet cost being compared is the same.\n")
 	p("* CNI ADD latency includes libcni, `nsenter` and the plugin processes (host-local too, for ptp); 20 concurrent ADDs share %d CPUs, "+
 		"so queueing for a CPU is part of every figure at that level, which is why the reference plugins are measured in the same run.\n", r.Host.CPUs)
-	p("* MEMBRANE runs with no policy entries: Membrane's policy datapath has not landed. Once it has, MEMBRANE-POLICY-N is to be compared with IPTABLES-N and NFT-SET-N.\n\n")
+	if len(r.policyNs()) > 0 {
+		p("* Policy scaling compares unlike mechanisms on purpose: Membrane looks policy up once per connection and lets conntrack pass the rest, " +
+			"the IPTABLES-N baseline walks its N rules for every packet (no `ESTABLISHED` shortcut), NFT-SET-N does one set lookup per packet. " +
+			"tcp-crr is the workload where Membrane's per-connection lookup is paid on every request. " +
+			"Membrane's N entries are allow entries (a NetworkPolicy can only allow), the baselines' are drops; none matches, so each datapath does the same work either way.\n")
+	}
+	if r.Propagation != nil {
+		p("* Propagation is timed from the API call's return, as a client sees it, through the agent's store watch, policy computation and map writes, "+
+			"to the datapath; the client, the agent and the prober share %d CPUs with the rest of the machine.\n", r.Host.CPUs)
+	}
+	p("* Every Membrane topology is a lab of its own (its own agent), so agent flags and policy state do not leak between them; " +
+		"the idle agents still share the machine with the one being measured.\n\n")
 
 	if len(r.Errors) > 0 {
 		p("## Errors in this run\n\n")
@@ -301,6 +340,11 @@ func WriteReport(r *Results, docsDir, resultsRef string) error {
 	}
 	if len(r.CNI) > 0 {
 		if err := CNIChart(r, filepath.Join(docsDir, ChartCNI)); err != nil {
+			return err
+		}
+	}
+	if len(r.policyWorkloads()) > 0 {
+		if err := PolicyChart(r, filepath.Join(docsDir, ChartPolicy)); err != nil {
 			return err
 		}
 	}

@@ -33,6 +33,8 @@ type Results struct {
 	CNI []CNISeries `json:"cni,omitempty"`
 	// Memory of the agent with 0 and K endpoints.
 	Memory *MemoryResult `json:"memory,omitempty"`
+	// Propagation of policy changes to the datapath.
+	Propagation *PropagationResult `json:"propagation,omitempty"`
 	// Errors met on the way (failed set-ups, failed measurements). A run
 	// with errors still writes its results.
 	Errors []string `json:"errors,omitempty"`
@@ -56,6 +58,9 @@ type TopologyInfo struct {
 	Description string       `json:"description"`
 	Pair        *Pair        `json:"pair,omitempty"`
 	Error       string       `json:"error,omitempty"`
+	// Membrane holds what a Membrane topology's set-up found out (lab,
+	// agent flags, monitor level, installed policy, flow events).
+	Membrane *MembraneInfo `json:"membrane,omitempty"`
 }
 
 // WorkloadInfo is a workload of the run.
@@ -265,5 +270,33 @@ func (r *Results) Validate() error {
 	if m := r.Memory; m != nil && (m.RSS0KiB <= 0 || m.RSSKKiB <= 0) {
 		errs = append(errs, fmt.Errorf("memory: rss %v / %v", m.RSS0KiB, m.RSSKKiB))
 	}
+	if p := r.Propagation; p != nil {
+		if len(p.DenyMs)+p.DenyTimeouts != p.Iterations || len(p.AllowMs)+p.AllowTimeouts != p.Iterations {
+			errs = append(errs, fmt.Errorf("propagation: %d+%d deny and %d+%d allow samples for %d iterations",
+				len(p.DenyMs), p.DenyTimeouts, len(p.AllowMs), p.AllowTimeouts, p.Iterations))
+		}
+		for _, v := range append(slices.Clone(p.DenyMs), p.AllowMs...) {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				errs = append(errs, fmt.Errorf("propagation: latency %v", v))
+				break
+			}
+		}
+		if p.ProbesEchoed <= 0 || p.ProbesEchoed > p.ProbesSent {
+			errs = append(errs, fmt.Errorf("propagation: %d of %d probes echoed", p.ProbesEchoed, p.ProbesSent))
+		}
+	}
+	for _, t := range r.Topologies {
+		if pi := policyOf(t); pi != nil && (pi.Entries < pi.Requested || !pi.IngressEnforced) {
+			errs = append(errs, fmt.Errorf("%s: policy map holds %d entries for %d requested", t.Name, pi.Entries, pi.Requested))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// policyOf is the installed policy of a MEMBRANE-POLICY-N topology, or nil.
+func policyOf(t TopologyInfo) *PolicyInstall {
+	if t.Membrane == nil {
+		return nil
+	}
+	return t.Membrane.Policy
 }

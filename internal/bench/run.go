@@ -79,8 +79,12 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 	// Topologies and their servers. A topology that fails to come up is
 	// reported and left out; the others still run.
 	type liveTopo struct {
-		name string
-		pair Pair
+		name  string
+		spec  TopologySpec
+		pair  Pair
+		info  int       // index in res.Topologies
+		mem   *membrane // Membrane topologies
+		flows uint64    // the agent's flow event counter before the rounds
 	}
 	var live []liveTopo
 	var membraneLab *lab.Lab
@@ -89,12 +93,20 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 			break
 		}
 		topo := topologyKinds[spec.Kind](spec, i)
+		mem, isMembrane := topo.(*membrane)
+		if isMembrane {
+			mem.agentArgs = cfg.AgentArgs
+		}
 		info := TopologyInfo{Name: spec.Name(), Spec: spec, Description: topo.Describe()}
 		lg.Info("setting up topology", "topology", info.Name)
 		t0 := time.Now()
 		pair, err := topo.Setup(ctx, env)
+		if isMembrane && mem.info.Lab != "" {
+			mi := mem.info
+			info.Membrane = &mi
+		}
 		if err == nil {
-			err = startServers(ctx, env, cfg, workloads, roleName(spec), pair)
+			err = startServers(ctx, env, cfg, workloads, spec, roleName(spec), pair)
 		}
 		if err == nil {
 			err = warmUp(ctx, env, pair)
@@ -105,11 +117,19 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 			lg.Error("topology failed", "topology", info.Name, "err", err)
 		} else {
 			info.Pair = &pair
-			live = append(live, liveTopo{info.Name, pair})
-			lg.Info("topology ready", "topology", info.Name, "client", pair.Client.Addr, "server", pair.Server.Addr, "took", time.Since(t0).Round(time.Millisecond))
-			if m, ok := topo.(*membrane); ok && membraneLab == nil {
-				membraneLab = m.lab
+			lt := liveTopo{name: info.Name, spec: spec, pair: pair, info: len(res.Topologies)}
+			if isMembrane {
+				lt.mem = mem
+				if lt.flows, err = mem.flowsSeen(ctx); err != nil {
+					lg.Warn("agent status", "topology", info.Name, "err", err)
+				}
+				// The CNI measurement uses the agent with default flags.
+				if membraneLab == nil && spec.plainMembrane() {
+					membraneLab = mem.lab
+				}
 			}
+			live = append(live, lt)
+			lg.Info("topology ready", "topology", info.Name, "client", pair.Client.Addr, "server", pair.Server.Addr, "took", time.Since(t0).Round(time.Millisecond))
 		}
 		res.Topologies = append(res.Topologies, info)
 	}
@@ -119,13 +139,24 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 
 	// The datapath matrix: round → workload → topology, so that the same
 	// workload runs on every topology back to back (A B C A B C …).
-	total := cfg.Rounds * len(cfg.Workloads) * len(live)
+	perRound := 0
+	for _, wname := range cfg.Workloads {
+		for _, t := range live {
+			if t.spec.runs(wname) {
+				perRound++
+			}
+		}
+	}
+	total := cfg.Rounds * perRound
 	n := 0
 	for round := 1; round <= cfg.Rounds && ctx.Err() == nil; round++ {
 		for _, wname := range cfg.Workloads {
 			for _, t := range live {
 				if ctx.Err() != nil {
 					break
+				}
+				if !t.spec.runs(wname) {
+					continue
 				}
 				n++
 				m := Measurement{Round: round, Topology: t.name, Workload: wname, Start: time.Now().UTC()}
@@ -146,6 +177,17 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 		}
 	}
 
+	// Flow events each Membrane agent saw during the rounds.
+	for _, t := range live {
+		if t.mem == nil || ctx.Err() != nil {
+			continue
+		}
+		if end, err := t.mem.flowsSeen(ctx); err == nil && end >= t.flows {
+			d := end - t.flows
+			res.Topologies[t.info].Membrane.FlowEvents = &d
+		}
+	}
+
 	// Control plane: CNI ADD latency.
 	if len(cfg.CNI.Plugins) > 0 && ctx.Err() == nil {
 		lg.Info("measuring CNI ADD latency", "plugins", cfg.CNI.Plugins, "concurrency", cfg.CNI.Concurrency, "rounds", cfg.CNI.Rounds)
@@ -159,12 +201,24 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 	// Control plane: agent memory per endpoint.
 	if cfg.Memory.Endpoints > 0 && ctx.Err() == nil {
 		lg.Info("measuring agent memory", "endpoints", cfg.Memory.Endpoints)
-		mem, err := measureMemory(ctx, env, cfg.Memory, cfg.BinDir)
+		mem, err := measureMemory(ctx, env, cfg.Memory, cfg.BinDir, cfg.AgentArgs)
 		if err != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("memory: %v", err))
 		} else {
 			res.Memory = mem
 			lg.Info("agent memory", "rss0KiB", mem.RSS0KiB, "rssKKiB", mem.RSSKKiB, "perEndpointKiB", mem.PerEndpointKiB)
+		}
+	}
+	// Control plane: policy propagation.
+	if cfg.Propagation.Endpoints > 0 && ctx.Err() == nil {
+		lg.Info("measuring policy propagation", "endpoints", cfg.Propagation.Endpoints, "iterations", cfg.Propagation.Iterations)
+		prop, err := measurePropagation(ctx, env, cfg.Propagation, cfg.AgentArgs)
+		if err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("propagation: %v", err))
+		} else {
+			res.Propagation = prop
+			lg.Info("policy propagation", "deny", summaryLine(prop.DenyMs), "allow", summaryLine(prop.AllowMs),
+				"timeouts", prop.DenyTimeouts+prop.AllowTimeouts, "setup", fmt.Sprintf("%.1fs", prop.SetupSeconds))
 		}
 	}
 	res.FinishedAt = time.Now().UTC().Truncate(time.Second)
@@ -181,7 +235,7 @@ func runCNI(ctx context.Context, env *Env, cfg Config, l *lab.Lab) ([]CNISeries,
 	for _, name := range cfg.CNI.Plugins {
 		if name == "membrane" && l == nil {
 			var err error
-			if l, err = upLab(ctx, env, "bench-"+env.ID, benchLabCIDR); err != nil {
+			if l, err = upLab(ctx, env, labSpec{name: "bench-" + env.ID, cidr: benchLabCIDR, agentArgs: cfg.AgentArgs}); err != nil {
 				return nil, []error{fmt.Errorf("cni: %w", err)}
 			}
 		}
@@ -194,9 +248,22 @@ func runCNI(ctx context.Context, env *Env, cfg Config, l *lab.Lab) ([]CNISeries,
 	return measureCNI(ctx, env, cfg.CNI, plugins)
 }
 
-// startServers starts every workload's server in the topology's server pod.
-func startServers(ctx context.Context, env *Env, cfg Config, workloads map[string]Workload, tag string, pair Pair) error {
+// summaryLine is "p50 … p99 … max … ms" for a log line.
+func summaryLine(ms []float64) string {
+	if len(ms) == 0 {
+		return "—"
+	}
+	s := slices.Sorted(slices.Values(ms))
+	return fmt.Sprintf("p50 %.1f p99 %.1f max %.1f ms (n=%d)", Percentile(s, 50), Percentile(s, 99), s[len(s)-1], len(s))
+}
+
+// startServers starts the servers of the workloads that run on the
+// topology in its server pod.
+func startServers(ctx context.Context, env *Env, cfg Config, workloads map[string]Workload, spec TopologySpec, tag string, pair Pair) error {
 	for _, name := range cfg.Workloads {
+		if !spec.runs(name) {
+			continue
+		}
 		if err := workloads[name].Serve(ctx, env, pair.Server, tag); err != nil {
 			return fmt.Errorf("start %s server: %w", name, err)
 		}

@@ -25,22 +25,30 @@ import (
 const binDirEnv = "MEMBRANE_TEST_BIN_DIR"
 
 // smokeConfig is one 1-second round of every workload on DIRECT and
-// MEMBRANE, three CNI ADDs per plugin (one after another, then at once),
-// and the memory measurement with two endpoints.
+// MEMBRANE, one tiny policy-scaling case (tcp-rr on IPTABLES-100 and
+// MEMBRANE-POLICY-100), three CNI ADDs per plugin (one after another, then
+// at once), the memory measurement with two endpoints, and three policy
+// propagation iterations with five endpoints.
 func smokeConfig(bin, work string, t *testing.T) Config {
+	rr := []string{WorkloadTCPRR}
 	return Config{
-		Profile:    "smoke",
-		Rounds:     1,
-		Duration:   time.Second,
-		Topologies: []TopologySpec{{Kind: KindDirect}, {Kind: KindMembrane}},
-		Workloads:  []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR},
-		CNI:        CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 3}, Batch: 3, Rounds: 1},
-		Memory:     MemoryConfig{Endpoints: 2, Settle: 200 * time.Millisecond},
-		BinDir:     bin,
-		WorkDir:    work,
-		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Profile:  "smoke",
+		Rounds:   1,
+		Duration: time.Second,
+		Topologies: []TopologySpec{{Kind: KindDirect}, {Kind: KindMembrane},
+			{Kind: KindIPTables, PolicyEntries: smokePolicyEntries, Workloads: rr},
+			{Kind: KindMembranePolicy, PolicyEntries: smokePolicyEntries, Workloads: rr}},
+		Workloads:   []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR},
+		CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 3}, Batch: 3, Rounds: 1},
+		Memory:      MemoryConfig{Endpoints: 2, Settle: 200 * time.Millisecond},
+		Propagation: PropagationConfig{Endpoints: 5, Iterations: 3, Interval: 500 * time.Microsecond, Timeout: 3 * time.Second},
+		BinDir:      bin,
+		WorkDir:     work,
+		Logger:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 }
+
+const smokePolicyEntries = 100
 
 // TestSmoke runs the harness end to end, briefly, and checks that it
 // produces well-formed results (every number positive, JSON round-trips,
@@ -74,14 +82,30 @@ func TestSmoke(t *testing.T) {
 	if err := res.Validate(); err != nil {
 		t.Fatalf("results not well formed: %v", err)
 	}
-	for _, topo := range []string{"DIRECT", "MEMBRANE"} {
+	for _, topo := range res.Topologies {
 		for _, w := range res.Workloads {
+			want := 0
+			if topo.Spec.runs(w.Name) {
+				want = 1
+			}
 			for _, m := range w.Metrics {
-				if v := res.Values(topo, w.Name, m.Name); len(v) != 1 {
-					t.Errorf("%s/%s/%s: %d values, want 1", topo, w.Name, m.Name, len(v))
+				if v := res.Values(topo.Name, w.Name, m.Name); len(v) != want {
+					t.Errorf("%s/%s/%s: %d values, want %d", topo.Name, w.Name, m.Name, len(v), want)
 				}
 			}
 		}
+	}
+	policyName := TopologySpec{Kind: KindMembranePolicy, PolicyEntries: smokePolicyEntries}.Name()
+	for _, topo := range res.Topologies {
+		if topo.Name != policyName {
+			continue
+		}
+		if pi := policyOf(topo); pi == nil || pi.Entries < smokePolicyEntries+1 || !pi.IngressEnforced {
+			t.Errorf("%s: installed policy %+v, want ≥ %d entries, ingress enforced", topo.Name, pi, smokePolicyEntries+1)
+		}
+	}
+	if p := res.Propagation; p == nil || p.Endpoints != 5 || len(p.DenyMs)+p.DenyTimeouts != 3 || len(p.AllowMs)+p.AllowTimeouts != 3 {
+		t.Errorf("propagation result: %+v, want 3 iterations at 5 endpoints", p)
 	}
 	if len(res.CNI) != 4 {
 		t.Errorf("cni series: %d, want 4 (2 plugins × 2 concurrency levels)", len(res.CNI))
@@ -121,12 +145,13 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## The targets", "MEMBRANE / DIRECT", "### tcp-rr", "### CNI ADD latency", "### Agent memory per endpoint", ChartRatios, ChartCNI} {
+	for _, want := range []string{"## The targets", "MEMBRANE / DIRECT", "### tcp-rr", "### CNI ADD latency", "### Agent memory per endpoint",
+		"## Policy scaling", "| " + policyName + " | 100 |", "## Policy propagation", "| apply → denied | 3 |", ChartRatios, ChartCNI, ChartPolicy} {
 		if !bytes.Contains(md, []byte(want)) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	for _, c := range []string{ChartRatios, ChartCNI} {
+	for _, c := range []string{ChartRatios, ChartCNI, ChartPolicy} {
 		f, err := os.Open(filepath.Join(docs, c))
 		if err != nil {
 			t.Errorf("chart: %v", err)
@@ -150,12 +175,10 @@ func assertNoLeftovers(t *testing.T, id, workParent string) {
 			t.Errorf("namespace %s left behind", e.Name())
 		}
 	}
-	for _, name := range []string{"bench-" + id, "bmem-" + id} {
-		for _, p := range []string{filepath.Join(lab.DefaultBaseDir, name), filepath.Join(lab.DefaultBPFRoot, name+"-"+lab.DefaultNode)} {
-			if _, err := os.Stat(p); err == nil {
-				t.Errorf("%s left behind", p)
-			}
-		}
+	labs, _ := filepath.Glob(filepath.Join(lab.DefaultBaseDir, "*-"+id))
+	pins, _ := filepath.Glob(filepath.Join(lab.DefaultBPFRoot, "*-"+id+"-"+lab.DefaultNode))
+	for _, p := range append(labs, pins...) {
+		t.Errorf("%s left behind", p)
 	}
 	if _, err := os.Stat(filepath.Join(workParent, "membrane-bench-"+id)); err == nil {
 		t.Errorf("work dir left behind")

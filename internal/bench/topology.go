@@ -33,12 +33,13 @@ type Topology interface {
 // topologyKinds builds a topology from its spec; idx is its position in
 // the run (it picks the address block 10.213.<idx>.0/24).
 var topologyKinds = map[string]func(spec TopologySpec, idx int) Topology{
-	KindDirect:   func(s TopologySpec, i int) Topology { return &direct{spec: s, idx: i} },
-	KindRouted:   func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindIPTables: func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindNFTSet:   func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindBridge:   func(s TopologySpec, i int) Topology { return &bridge{spec: s, idx: i} },
-	KindMembrane: func(s TopologySpec, i int) Topology { return &membrane{spec: s} },
+	KindDirect:         func(s TopologySpec, i int) Topology { return &direct{spec: s, idx: i} },
+	KindRouted:         func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindIPTables:       func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindNFTSet:         func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindBridge:         func(s TopologySpec, i int) Topology { return &bridge{spec: s, idx: i} },
+	KindMembrane:       func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
+	KindMembranePolicy: func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
 }
 
 // roleName is the namespace role prefix of a topology: "direct",
