@@ -25,6 +25,11 @@
 #ifndef __MBR_EVENTS_H
 #define __MBR_EVENTS_H
 
+/* Queued bytes from which an event wakes the reader (about 400 events). */
+#ifndef MBR_EVENTS_WAKEUP_BYTES
+#define MBR_EVENTS_WAKEUP_BYTES (32 * 1024)
+#endif
+
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -183,7 +188,13 @@ __noinline int event_emit(struct __sk_buff *skb, struct pkt_obs *o, __u32 type,
 	ev->dport = o->flow.dport;
 	ev->ct_state = o->ct_state;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
-	bpf_ringbuf_submit(ev, 0);
+	/* Waking the reader for every event costs more than the event on
+	 * short connections: wake it only once a batch has queued; the agent
+	 * also polls every few milliseconds. */
+	if (bpf_ringbuf_query(&mbr_events, BPF_RB_AVAIL_DATA) >= MBR_EVENTS_WAKEUP_BYTES)
+		bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	else
+		bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 

@@ -316,7 +316,15 @@ type EventReader struct {
 
 	mu  sync.Mutex // serialises Read; guards rec
 	rec ringbuf.Record
+
+	dmu      sync.Mutex // guards deadline (set while a Read blocks)
+	deadline time.Time
 }
+
+// eventPoll is how often Read looks at the ring: the datapath wakes the
+// reader only once a batch has queued (MBR_EVENTS_WAKEUP_BYTES), so a lone
+// event waits at most this long.
+const eventPoll = 20 * time.Millisecond
 
 // OpenEvents opens a reader of the flow event ring buffer. Close it before
 // closing the Datapath.
@@ -356,17 +364,37 @@ func bootOffset() (time.Duration, error) {
 func (r *EventReader) Read() (Event, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.rd.ReadInto(&r.rec); err != nil {
+	for {
+		r.dmu.Lock()
+		user := r.deadline
+		r.dmu.Unlock()
+		d := time.Now().Add(eventPoll)
+		if !user.IsZero() && user.Before(d) {
+			d = user
+		}
+		r.rd.SetDeadline(d)
+		err := r.rd.ReadInto(&r.rec)
+		if err == nil {
+			return DecodeEvent(r.rec.RawSample, r.bootOffset)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && (user.IsZero() || time.Now().Before(user)) {
+			continue // a poll tick, not the caller's deadline
+		}
 		return Event{}, fmt.Errorf("read flow event: %w", err)
 	}
-	return DecodeEvent(r.rec.RawSample, r.bootOffset)
 }
 
 // SetDeadline sets the deadline of Read; the zero time means none. A
 // deadline in the past makes Read return the events already in the ring
 // and then time out: a way to drain it.
 func (r *EventReader) SetDeadline(t time.Time) {
-	r.rd.SetDeadline(t)
+	r.dmu.Lock()
+	r.deadline = t
+	r.dmu.Unlock()
+	// Cut a Read that is waiting for a later poll tick short.
+	if !t.IsZero() {
+		r.rd.SetDeadline(t)
+	}
 }
 
 // Close stops the reader; a blocked Read returns an error wrapping
