@@ -70,7 +70,7 @@ func Open(ctx context.Context, cfg Config) (_ *Store, retErr error) {
 	}
 	s := &Store{log: log, endpoints: cfg.Endpoints}
 	if len(cfg.Endpoints) == 0 {
-		e, clientURL, err := startEmbedded(ctx, cfg.DataDir, log)
+		e, clientURL, err := StartEmbedded(ctx, cfg.DataDir, EmbeddedOptions{}, log)
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +111,28 @@ func Open(ctx context.Context, cfg Config) (_ *Store, retErr error) {
 	return s, nil
 }
 
-func startEmbedded(ctx context.Context, dir string, log *slog.Logger) (*embed.Etcd, string, error) {
+// EmbeddedOptions tune StartEmbedded; the zero value is the agent's:
+// member "membrane", etcd's own log silenced.
+type EmbeddedOptions struct {
+	Name      string // member name (default "membrane")
+	LogLevel  string // etcd's zap level (default "fatal")
+	LogOutput string // etcd's log output (default "/dev/null")
+}
+
+// StartEmbedded starts a single-member etcd whose client and peer URLs are
+// the unix sockets client.sock and peer.sock in dir (data in dir/data), so
+// nothing listens on a network port, and waits until it is ready. It
+// returns the server and its client URL.
+func StartEmbedded(ctx context.Context, dir string, opts EmbeddedOptions, log *slog.Logger) (*embed.Etcd, string, error) {
+	if opts.Name == "" {
+		opts.Name = "membrane"
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "fatal"
+	}
+	if opts.LogOutput == "" {
+		opts.LogOutput = "/dev/null"
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("start embedded etcd: create %s: %w", dir, err)
 	}
@@ -126,16 +147,16 @@ func startEmbedded(ctx context.Context, dir string, log *slog.Logger) (*embed.Et
 	cu := url.URL{Scheme: "unix", Path: clientSock}
 	pu := url.URL{Scheme: "unix", Path: peerSock}
 	cfg := embed.NewConfig()
-	cfg.Name = "membrane"
+	cfg.Name = opts.Name
 	cfg.Dir = filepath.Join(dir, "data")
 	cfg.ListenClientUrls = []url.URL{cu}
 	cfg.AdvertiseClientUrls = []url.URL{cu}
 	cfg.ListenPeerUrls = []url.URL{pu}
 	cfg.AdvertisePeerUrls = []url.URL{pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.LogLevel = "fatal"
+	cfg.LogLevel = opts.LogLevel
 	cfg.Logger = "zap"
-	cfg.LogOutputs = []string{"/dev/null"}
+	cfg.LogOutputs = []string{opts.LogOutput}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("start embedded etcd in %s: %w", dir, err)

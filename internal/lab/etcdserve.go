@@ -2,18 +2,16 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
+	"github.com/membrane-net/membrane/internal/kvstore"
 )
 
 // ServeEtcd runs the lab-wide embedded etcd server until ctx ends: one
@@ -28,45 +26,14 @@ func ServeEtcd(ctx context.Context, dir string, log *slog.Logger) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("etcd dir %q is not absolute", dir)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create etcd dir: %w", err)
-	}
-	clientSock := filepath.Join(dir, "client.sock")
-	peerSock := filepath.Join(dir, "peer.sock")
-	// Stale sockets from a killed server would make the listeners fail.
-	for _, p := range []string{clientSock, peerSock} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale socket %s: %w", p, err)
-		}
-	}
-	cu := url.URL{Scheme: "unix", Path: clientSock}
-	pu := url.URL{Scheme: "unix", Path: peerSock}
-	cfg := embed.NewConfig()
-	cfg.Name = "membrane-lab"
-	cfg.Dir = filepath.Join(dir, "data")
-	cfg.ListenClientUrls = []url.URL{cu}
-	cfg.AdvertiseClientUrls = []url.URL{cu}
-	cfg.ListenPeerUrls = []url.URL{pu}
-	cfg.AdvertisePeerUrls = []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.Logger = "zap"
-	cfg.LogLevel = "warn"
-	cfg.LogOutputs = []string{"stderr"}
-	e, err := embed.StartEtcd(cfg)
+	e, _, err := kvstore.StartEmbedded(ctx, dir, kvstore.EmbeddedOptions{Name: "membrane-lab", LogLevel: "warn", LogOutput: "stderr"}, log)
 	if err != nil {
-		return fmt.Errorf("start etcd in %s: %w", dir, err)
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
 	}
 	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		return fmt.Errorf("start etcd in %s: %w", dir, err)
-	case <-time.After(60 * time.Second):
-		return fmt.Errorf("start etcd in %s: not ready after 60s", dir)
-	case <-ctx.Done():
-		return nil
-	}
-	log.Info("lab etcd ready", "client", cu.String())
 	select {
 	case <-ctx.Done():
 		log.Info("lab etcd stopping")
