@@ -74,22 +74,15 @@ func ipcachePrefix(key datapathIpcacheKey) (netip.Prefix, error) {
 // be masked (10.0.0.0/8, not 10.1.2.3/8) and the identity non-zero. IPv6
 // prefixes are stored but not yet used by the datapath.
 func (d *Datapath) UpsertIPCache(e IPCacheEntry) error {
-	key, err := ipcacheKey(e.Prefix)
+	key, err := prefixMapKey(e.Prefix)
 	if err != nil {
 		return fmt.Errorf("upsert ipcache %s: %w", e.Prefix, err)
-	}
-	if e.Prefix != e.Prefix.Masked() {
-		return fmt.Errorf("upsert ipcache %s: prefix has host bits set (want %s)", e.Prefix, e.Prefix.Masked())
 	}
 	if e.Identity == 0 {
 		return fmt.Errorf("upsert ipcache %s: identity is zero", e.Prefix)
 	}
 	val := datapathIpcacheValue{Identity: e.Identity, CidrIdentity: e.CIDRIdentity}
-	if err := d.objs.MbrIpcache.Update(&key, &val, ebpf.UpdateAny); err != nil {
-		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("upsert ipcache %s: %w (capacity %d): %w",
-				e.Prefix, ErrIPCacheFull, d.objs.MbrIpcache.MaxEntries(), err)
-		}
+	if err := updatePrefixMap(d.objs.MbrIpcache, &key, &val, ErrIPCacheFull); err != nil {
 		return fmt.Errorf("upsert ipcache %s: %w", e.Prefix, err)
 	}
 	return nil
@@ -97,12 +90,48 @@ func (d *Datapath) UpsertIPCache(e IPCacheEntry) error {
 
 // DeleteIPCache removes the entry of p. A missing entry is not an error.
 func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
-	key, err := ipcacheKey(p)
-	if err != nil {
+	if err := deletePrefix(d.objs.MbrIpcache, p); err != nil {
 		return fmt.Errorf("delete ipcache %s: %w", p, err)
 	}
-	if err := d.objs.MbrIpcache.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete ipcache %s: %w", p, err)
+	return nil
+}
+
+// The LPM maps keyed by struct ipcache_key (mbr_ipcache, mbr_tunnel) share
+// these helpers.
+
+// prefixMapKey encodes a masked prefix; a prefix with host bits set is
+// refused rather than masked, since it would read back as another key.
+func prefixMapKey(p netip.Prefix) (datapathIpcacheKey, error) {
+	key, err := ipcacheKey(p)
+	if err != nil {
+		return key, err
+	}
+	if p != p.Masked() {
+		return key, fmt.Errorf("prefix has host bits set (want %s)", p.Masked())
+	}
+	return key, nil
+}
+
+// updatePrefixMap writes one entry; a full map becomes errFull, with the
+// map's capacity.
+func updatePrefixMap(m *ebpf.Map, key, val any, errFull error) error {
+	if err := m.Update(key, val, ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
+			return fmt.Errorf("%w (capacity %d): %w", errFull, m.MaxEntries(), err)
+		}
+		return err
+	}
+	return nil
+}
+
+// deletePrefix removes the entry of p; a missing entry is not an error.
+func deletePrefix(m *ebpf.Map, p netip.Prefix) error {
+	key, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	if err := m.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // DefaultTunnelMapSize is the default capacity of the tunnel map
@@ -62,12 +61,9 @@ type TunnelEntry struct {
 // be masked; the node IP must be IPv4 (an IPv6 underlay is not supported
 // yet). IPv6 pod CIDRs are stored but not yet used by the datapath.
 func (d *Datapath) UpsertTunnel(e TunnelEntry) error {
-	key, err := ipcacheKey(e.PodCIDR)
+	key, err := prefixMapKey(e.PodCIDR)
 	if err != nil {
 		return fmt.Errorf("upsert tunnel %s: %w", e.PodCIDR, err)
-	}
-	if e.PodCIDR != e.PodCIDR.Masked() {
-		return fmt.Errorf("upsert tunnel %s: prefix has host bits set (want %s)", e.PodCIDR, e.PodCIDR.Masked())
 	}
 	var val datapathTunnelValue
 	switch ip := e.NodeIP; {
@@ -83,11 +79,7 @@ func (d *Datapath) UpsertTunnel(e TunnelEntry) error {
 	default:
 		return fmt.Errorf("upsert tunnel %s: IPv6 node IP %s: %w", e.PodCIDR, ip, ErrNotSupported)
 	}
-	if err := d.objs.MbrTunnel.Update(&key, &val, ebpf.UpdateAny); err != nil {
-		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
-			return fmt.Errorf("upsert tunnel %s: %w (capacity %d): %w",
-				e.PodCIDR, ErrTunnelMapFull, d.objs.MbrTunnel.MaxEntries(), err)
-		}
+	if err := updatePrefixMap(d.objs.MbrTunnel, &key, &val, ErrTunnelMapFull); err != nil {
 		return fmt.Errorf("upsert tunnel %s: %w", e.PodCIDR, err)
 	}
 	return nil
@@ -96,11 +88,7 @@ func (d *Datapath) UpsertTunnel(e TunnelEntry) error {
 // DeleteTunnel removes the entry of podCIDR. A missing entry is not an
 // error.
 func (d *Datapath) DeleteTunnel(podCIDR netip.Prefix) error {
-	key, err := ipcacheKey(podCIDR)
-	if err != nil {
-		return fmt.Errorf("delete tunnel %s: %w", podCIDR, err)
-	}
-	if err := d.objs.MbrTunnel.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := deletePrefix(d.objs.MbrTunnel, podCIDR); err != nil {
 		return fmt.Errorf("delete tunnel %s: %w", podCIDR, err)
 	}
 	return nil
