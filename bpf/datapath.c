@@ -226,6 +226,74 @@ int from_container(struct __sk_buff *skb)
 	}
 }
 
+/* Ethernet and IPv4 headers of a packet entering from outside this node's
+ * pods (the host stack, the overlay): 0, or why to drop it. Only IPv4 is
+ * carried there; ARP, IPv6 and the rest are refused. */
+static __always_inline int check_eth_ip4(struct ethhdr *eth, struct iphdr *ip4, void *data_end)
+{
+	/* Shorter than an Ethernet header. */
+	if ((void *)(eth + 1) > data_end)
+		return MBR_DROP_INVALID_PACKET;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return MBR_DROP_UNSUPPORTED_L3;
+	/* Truncated or malformed IPv4 header. */
+	if ((void *)(ip4 + 1) > data_end)
+		return MBR_DROP_INVALID_PACKET;
+	if (ip4->version != 4 || ip4->ihl < 5)
+		return MBR_DROP_INVALID_PACKET;
+	return 0;
+}
+
+/* Delivers a packet from outside this node's pods to local endpoint dst:
+ * conntrack lets replies and established flows pass; a new connection meets
+ * dst's ingress policy with the peer identity wire_id (the VNI) or, when
+ * wire_id is 0, the ipcache's identity of the source, together with the
+ * source's CIDR identity. The sender already decremented the TTL. */
+static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pkt_obs *o,
+						struct ethhdr *eth, struct iphdr *ip4,
+						struct endpoint_info *dst, __u8 obs_point,
+						__u32 wire_id)
+{
+	struct flow4 *flow = &o->flow;
+	__u32 peer_id, cidr_id, dst_ifindex;
+	__u32 len = skb->len;
+	__u64 now = bpf_ktime_get_ns();
+	enum ct_status ct;
+	int reason;
+
+	o->dst_ep = dst->ep_id;
+	o->dst_identity = dst->identity;
+
+	/* Truncated L4 header of a first fragment: drop. */
+	if (parse_flow4(skb, ip4, flow) < 0)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	ct = ct_lookup4(flow, len, now, &o->report);
+	o->ct_state = ct + 1;
+	trace_packet(skb, o, obs_point, MBR_DIR_INGRESS);
+
+	if (ct == CT_NEW) {
+		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
+		if (wire_id)
+			peer_id = wire_id;
+		o->src_identity = peer_id;
+		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
+			reason = policy_check(dst->ep_id, 0, peer_id, cidr_id, flow->protocol,
+					      flow->policy_dport, &o->cookie);
+			policy_verdict(skb, o, reason, MBR_DIR_INGRESS);
+			if (reason != MBR_FORWARDED)
+				return drop_packet(skb, o, reason, MBR_DIR_INGRESS);
+		}
+		if (ct_create4(flow, peer_id, len, now) < 0)
+			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+	}
+
+	eth_to_endpoint(eth, dst);
+	dst_ifindex = dst->ifindex;
+	trace_packet(skb, o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
+	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
+}
+
 SEC("tcx/ingress")
 int from_host(struct __sk_buff *skb)
 {
@@ -234,32 +302,16 @@ int from_host(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = (void *)(eth + 1);
 	struct pkt_obs o = {};
-	struct flow4 *flow = &o.flow;
 	struct endpoint_info *dst;
 	struct tunnel_value *tun;
-	__u32 peer_id, cidr_id, dst_ifindex;
-	__u32 len = skb->len;
-	__u64 now = bpf_ktime_get_ns();
-	enum ct_status ct;
 	int reason, overlay;
 
 	obs_init(&o, MBR_OBS_FROM_HOST);
 
-	/* Shorter than an Ethernet header: drop. */
-	if ((void *)(eth + 1) > data_end)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-
-	/* Only IPv4 for local pods belongs here: mbr_host is NOARP and carries
-	 * just the pod CIDR route. ARP, IPv6 (e.g. link-local chatter of
-	 * mbr_host) and anything else are dropped. */
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return drop_packet(skb, &o, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
-
-	/* Truncated or malformed IPv4 header: drop. */
-	if ((void *)(ip4 + 1) > data_end)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-	if (ip4->version != 4 || ip4->ihl < 5)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	/* mbr_host is NOARP and carries just pod routes: IPv4 or nothing. */
+	reason = check_eth_ip4(eth, ip4, data_end);
+	if (reason)
+		return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
 	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
 
 	dst = lookup_endpoint4(ip4->daddr);
@@ -272,7 +324,7 @@ int from_host(struct __sk_buff *skb)
 		if (overlay < 0)
 			return drop_packet(skb, &o, MBR_DROP_NO_TUNNEL, MBR_DIR_INGRESS);
 		if (overlay > 0 && tun) {
-			if (parse_flow4(skb, ip4, flow) < 0)
+			if (parse_flow4(skb, ip4, &o.flow) < 0)
 				return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 			trace_packet(skb, &o, MBR_OBS_FROM_HOST, MBR_DIR_INGRESS);
 			return to_overlay4(skb, &o, eth, ip4, tun, overlay, MBR_ID_REMOTE_NODE, NULL, 0,
@@ -281,39 +333,8 @@ int from_host(struct __sk_buff *skb)
 		/* No such endpoint (e.g. just deleted): drop rather than loop back. */
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
 	}
-	o.dst_ep = dst->ep_id;
-	o.dst_identity = dst->identity;
-
-	/* Truncated L4 header of a first fragment: drop. */
-	if (parse_flow4(skb, ip4, flow) < 0)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-
-	ct = ct_lookup4(flow, len, now, &o.report);
-	o.ct_state = ct + 1;
-	trace_packet(skb, &o, MBR_OBS_FROM_HOST, MBR_DIR_INGRESS);
-
-	/* Replies to connections the pod opened, and further packets of
-	 * connections into the pod, pass; a new connection meets the pod's
-	 * ingress policy with the source's identity from the ipcache. */
-	if (ct == CT_NEW) {
-		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
-		o.src_identity = peer_id;
-		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
-			reason = policy_check(dst->ep_id, 0, peer_id, cidr_id, flow->protocol,
-					      flow->policy_dport, &o.cookie);
-			policy_verdict(skb, &o, reason, MBR_DIR_INGRESS);
-			if (reason != MBR_FORWARDED)
-				return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
-		}
-		if (ct_create4(flow, peer_id, len, now) < 0)
-			return drop_packet(skb, &o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
-	}
-
-	/* The host stack already decremented the TTL when it routed the packet. */
-	eth_to_endpoint(eth, dst);
-	dst_ifindex = dst->ifindex;
-	trace_packet(skb, &o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
-	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
+	/* Source identity from the ipcache (the node's addresses are host). */
+	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_HOST, 0);
 }
 
 SEC("tcx/ingress")
@@ -325,32 +346,19 @@ int from_overlay(struct __sk_buff *skb)
 	struct iphdr *ip4 = (void *)(eth + 1);
 	struct bpf_tunnel_key key = {};
 	struct pkt_obs o = {};
-	struct flow4 *flow = &o.flow;
 	struct endpoint_info *dst;
-	__u32 identity, peer_id, cidr_id, dst_ifindex;
-	__u32 len = skb->len;
-	__u64 now = bpf_ktime_get_ns();
-	enum ct_status ct;
+	__u32 identity;
 	int reason;
 
 	obs_init(&o, MBR_OBS_FROM_OVERLAY);
 
 	/* At tc ingress of a collect_md VXLAN device the data starts at the
-	 * inner Ethernet header. Shorter than one: drop. */
-	if ((void *)(eth + 1) > data_end)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-
-	/* Only IPv4 crosses the overlay. Senders address frames without ARP
-	 * (the receiver rewrites MACs), so ARP here is noise or a probe: drop
-	 * it like IPv6 and the rest. */
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return drop_packet(skb, &o, MBR_DROP_UNSUPPORTED_L3, MBR_DIR_INGRESS);
-
-	/* Truncated or malformed IPv4 header: drop. */
-	if ((void *)(ip4 + 1) > data_end)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-	if (ip4->version != 4 || ip4->ihl < 5)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	 * inner Ethernet header. Only IPv4 crosses the overlay; senders address
+	 * frames without ARP (the receiver rewrites MACs), so ARP here is noise
+	 * or a probe. */
+	reason = check_eth_ip4(eth, ip4, data_end);
+	if (reason)
+		return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
 	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
 
 	/* The VNI is the source's identity. No metadata: not from a collect_md
@@ -377,39 +385,7 @@ int from_overlay(struct __sk_buff *skb)
 	dst = lookup_endpoint4(ip4->daddr);
 	if (!dst)
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
-	o.dst_ep = dst->ep_id;
-	o.dst_identity = dst->identity;
-
-	/* Truncated L4 header of a first fragment: drop. */
-	if (parse_flow4(skb, ip4, flow) < 0)
-		return drop_packet(skb, &o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-
-	ct = ct_lookup4(flow, len, now, &o.report);
-	o.ct_state = ct + 1;
-	trace_packet(skb, &o, MBR_OBS_FROM_OVERLAY, MBR_DIR_INGRESS);
-
-	/* Replies to connections the pod opened and further packets of
-	 * connections into it pass; a new connection meets the pod's ingress
-	 * policy with the VNI's identity and the CIDR identity of its source
-	 * address. */
-	if (ct == CT_NEW) {
-		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);
-		if (dst->flags & MBR_EP_F_INGRESS_ENFORCED) {
-			reason = policy_check(dst->ep_id, 0, identity, cidr_id, flow->protocol,
-					      flow->policy_dport, &o.cookie);
-			policy_verdict(skb, &o, reason, MBR_DIR_INGRESS);
-			if (reason != MBR_FORWARDED)
-				return drop_packet(skb, &o, reason, MBR_DIR_INGRESS);
-		}
-		if (ct_create4(flow, identity, len, now) < 0)
-			return drop_packet(skb, &o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
-	}
-
-	/* The sending node decremented the TTL when it routed the packet. */
-	eth_to_endpoint(eth, dst);
-	dst_ifindex = dst->ifindex;
-	trace_packet(skb, &o, MBR_OBS_TO_ENDPOINT, MBR_DIR_INGRESS);
-	return pass(skb, bpf_redirect_peer(dst_ifindex, 0), MBR_DIR_INGRESS);
+	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_OVERLAY, identity);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";
