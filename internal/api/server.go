@@ -57,10 +57,7 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, b.Endpoints(r.Context()))
 	})
-	mux.HandleFunc("GET /v1/endpoints/{ref...}", func(w http.ResponseWriter, r *http.Request) {
-		ep, err := b.Endpoint(r.Context(), r.PathValue("ref"))
-		h.reply(w, r, ep, err)
-	})
+	mux.HandleFunc("GET /v1/endpoints/{ref...}", withRef(h, b.Endpoint))
 	mux.HandleFunc("PATCH /v1/endpoints/{ref...}", func(w http.ResponseWriter, r *http.Request) {
 		var p EndpointPatch
 		if !h.decode(w, r, &p) {
@@ -69,91 +66,26 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 		ep, err := b.PatchEndpoint(r.Context(), r.PathValue("ref"), p)
 		h.reply(w, r, ep, err)
 	})
-	mux.HandleFunc("POST /v1/cni/add", func(w http.ResponseWriter, r *http.Request) {
-		var req CNIAddRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		resp, err := b.CNIAdd(r.Context(), req)
-		h.reply(w, r, resp, err)
-	})
-	mux.HandleFunc("POST /v1/cni/del", func(w http.ResponseWriter, r *http.Request) {
-		var req CNIDelRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		h.reply(w, r, struct{}{}, b.CNIDel(r.Context(), req))
-	})
-	mux.HandleFunc("POST /v1/cni/check", func(w http.ResponseWriter, r *http.Request) {
-		var req CNICheckRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		h.reply(w, r, struct{}{}, b.CNICheck(r.Context(), req))
-	})
-	mux.HandleFunc("POST /v1/cni/gc", func(w http.ResponseWriter, r *http.Request) {
-		var req CNIGCRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		resp, err := b.CNIGC(r.Context(), req)
-		h.reply(w, r, resp, err)
-	})
-	mux.HandleFunc("GET /v1/cni/status", func(w http.ResponseWriter, r *http.Request) {
-		h.reply(w, r, struct{}{}, b.CNIStatus(r.Context()))
-	})
-	mux.HandleFunc("GET /v1/bpf/endpoints", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BPFEndpoints(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("POST /v1/resources/apply", func(w http.ResponseWriter, r *http.Request) {
-		var req ApplyRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		out, err := b.Apply(r.Context(), req)
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("POST /v1/resources/delete", func(w http.ResponseWriter, r *http.Request) {
-		var req ApplyRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		out, err := b.DeleteResources(r.Context(), req)
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.Resources(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.Identities(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("POST /v1/policy/trace", func(w http.ResponseWriter, r *http.Request) {
-		var req TraceRequest
-		if !h.decode(w, r, &req) {
-			return
-		}
-		out, err := b.Trace(r.Context(), req)
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bpf/policy/{ref...}", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BPFPolicy(r.Context(), r.PathValue("ref"))
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bpf/ipcache", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BPFIPCache(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bpf/ct", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BPFCT(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("DELETE /v1/bpf/ct", func(w http.ResponseWriter, r *http.Request) {
-		n, err := b.BPFCTFlush(r.Context())
-		h.reply(w, r, map[string]int{"deleted": n}, err)
-	})
+	mux.HandleFunc("POST /v1/cni/add", withBody(h, b.CNIAdd))
+	mux.HandleFunc("POST /v1/cni/del", withBody(h, noResult(b.CNIDel)))
+	mux.HandleFunc("POST /v1/cni/check", withBody(h, noResult(b.CNICheck)))
+	mux.HandleFunc("POST /v1/cni/gc", withBody(h, b.CNIGC))
+	mux.HandleFunc("GET /v1/cni/status", without(h, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, b.CNIStatus(ctx)
+	}))
+	mux.HandleFunc("GET /v1/bpf/endpoints", without(h, b.BPFEndpoints))
+	mux.HandleFunc("POST /v1/resources/apply", withBody(h, b.Apply))
+	mux.HandleFunc("POST /v1/resources/delete", withBody(h, b.DeleteResources))
+	mux.HandleFunc("GET /v1/resources", without(h, b.Resources))
+	mux.HandleFunc("GET /v1/identities", without(h, b.Identities))
+	mux.HandleFunc("POST /v1/policy/trace", withBody(h, b.Trace))
+	mux.HandleFunc("GET /v1/bpf/policy/{ref...}", withRef(h, b.BPFPolicy))
+	mux.HandleFunc("GET /v1/bpf/ipcache", without(h, b.BPFIPCache))
+	mux.HandleFunc("GET /v1/bpf/ct", without(h, b.BPFCT))
+	mux.HandleFunc("DELETE /v1/bpf/ct", without(h, func(ctx context.Context) (map[string]int, error) {
+		n, err := b.BPFCTFlush(ctx)
+		return map[string]int{"deleted": n}, err
+	}))
 	mux.HandleFunc("POST /v1/flows", func(w http.ResponseWriter, r *http.Request) {
 		var q FlowQuery
 		if !h.decode(w, r, &q) {
@@ -168,26 +100,47 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 		err := b.Monitor(r.Context(), st.emit)
 		st.finish(h, r, err)
 	})
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.Nodes(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bpf/tunnel", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BPFTunnels(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bgp/peers", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BGPPeers(r.Context())
-		h.reply(w, r, out, err)
-	})
-	mux.HandleFunc("GET /v1/bgp/routes", func(w http.ResponseWriter, r *http.Request) {
-		out, err := b.BGPRoutes(r.Context())
-		h.reply(w, r, out, err)
-	})
+	mux.HandleFunc("GET /v1/nodes", without(h, b.Nodes))
+	mux.HandleFunc("GET /v1/bpf/tunnel", without(h, b.BPFTunnels))
+	mux.HandleFunc("GET /v1/bgp/peers", without(h, b.BGPPeers))
+	mux.HandleFunc("GET /v1/bgp/routes", without(h, b.BGPRoutes))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)})
 	})
 	return mux
+}
+
+// The route adapters: a request body decoded strictly into Req, the path's
+// {ref}, or nothing, in; the backend's answer or error out.
+
+func withBody[Req, Resp any](h *handler, fn func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !h.decode(w, r, &req) {
+			return
+		}
+		out, err := fn(r.Context(), req)
+		h.reply(w, r, out, err)
+	}
+}
+
+func withRef[Resp any](h *handler, fn func(context.Context, string) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		out, err := fn(r.Context(), r.PathValue("ref"))
+		h.reply(w, r, out, err)
+	}
+}
+
+func without[Resp any](h *handler, fn func(context.Context) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		out, err := fn(r.Context())
+		h.reply(w, r, out, err)
+	}
+}
+
+// noResult adapts a call that answers only with an error; success is {}.
+func noResult[Req any](fn func(context.Context, Req) error) func(context.Context, Req) (struct{}, error) {
+	return func(ctx context.Context, req Req) (struct{}, error) { return struct{}{}, fn(ctx, req) }
 }
 
 type handler struct {
