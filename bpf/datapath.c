@@ -43,6 +43,7 @@
 #include "metrics.h"
 #include "events.h"
 #include "tunnel.h"
+#include "lb.h"
 
 /* Router IPv4 address (first address of the node's pod CIDR, on mbr_host),
  * network byte order. Set by the loader through CollectionSpec.Variables. */
@@ -386,6 +387,114 @@ int from_overlay(struct __sk_buff *skb)
 	if (!dst)
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
 	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_OVERLAY, identity);
+}
+
+/* ---- Socket-level service load balancing (cgroup hooks) ----
+ *
+ * Attached to the node's cgroup v2 root, these run for every socket of the
+ * node's processes and pods when it connects or sends: a service address is
+ * replaced by a backend's before the kernel routes anything, so TCP packets
+ * carry the backend address from the first SYN and the packet path never
+ * sees the service. recvmsg and getpeername translate back, so that the
+ * application sees the address it asked for.
+ */
+
+/* Translate ctx's destination if it is a service port: 1 to go on (also when
+ * it is no service), 0 to refuse (no active backend). */
+static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, int sendmsg)
+{
+	__be32 addr = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+	__u8 proto = ctx->protocol;
+	struct lb4_service *svc;
+	struct lb4_backend *b;
+	struct lb4_sk_key sk = {}, fwd = {};
+	struct lb4_revnat rn = {};
+	__u32 backend_id = 0, *last;
+	__u64 netns;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	svc = lb4_lookup_service(addr, port, proto);
+	if (!svc)
+		return 1;
+	/* A socket that sent to this service before keeps its backend while
+	 * that backend is active (unconnected UDP). */
+	fwd.cookie = bpf_get_socket_cookie(ctx);
+	fwd.address = addr;
+	fwd.port = port;
+	b = NULL;
+	last = bpf_map_lookup_elem(&mbr_lb4_sk_fwd, &fwd);
+	if (last) {
+		backend_id = *last;
+		b = bpf_map_lookup_elem(&mbr_lb4_backends, &backend_id);
+		if (b && b->state != MBR_LB_BACKEND_ACTIVE)
+			b = NULL;
+	}
+	if (!b) {
+		netns = bpf_get_netns_cookie(ctx);
+		b = lb4_select(svc, addr, port, proto, netns, 1, 0, 0, &backend_id);
+		if (!b) {
+			/* msg_src_ip4 exists only for sendmsg. */
+			sock_drop(MBR_DROP_NO_SERVICE_BACKEND, sendmsg ? ctx->msg_src_ip4 : 0, addr,
+				  port, proto);
+			return 0;
+		}
+		bpf_map_update_elem(&mbr_lb4_sk_fwd, &fwd, &backend_id, BPF_ANY);
+	}
+	ctx->user_ip4 = b->address;
+	ctx->user_port = b->port;
+
+	/* Remember the frontend for replies (UDP) and getpeername. */
+	sk.cookie = fwd.cookie;
+	sk.address = b->address;
+	sk.port = b->port;
+	rn.address = addr;
+	rn.port = port;
+	bpf_map_update_elem(&mbr_lb4_sk_revnat, &sk, &rn, BPF_ANY);
+	return 1;
+}
+
+/* Show the frontend instead of the backend a socket was translated to. */
+static __always_inline void sock4_reverse(struct bpf_sock_addr *ctx)
+{
+	struct lb4_sk_key sk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	struct lb4_revnat *rn = bpf_map_lookup_elem(&mbr_lb4_sk_revnat, &sk);
+
+	if (!rn)
+		return;
+	ctx->user_ip4 = rn->address;
+	ctx->user_port = rn->port;
+}
+
+SEC("cgroup/connect4")
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock4_translate(ctx, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock4_translate(ctx, 1);
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	sock4_reverse(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	sock4_reverse(ctx);
+	return 1;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -19,5 +19,7 @@
 				       * or tunnel entry; from_overlay: no tunnel metadata */
 #define MBR_DROP_INVALID_IDENTITY  10 /* identity unfit for the wire: VNI 0 or host (1) received,
 				       * or a source identity that is no 24-bit VNI to send */
+#define MBR_DROP_NO_SERVICE_BACKEND 11 /* a service port without an active backend */
+#define MBR_DROP_NO_ROUTE          12 /* NodePort: no route to the client or backend */
 
 #endif /* __MBR_DROP_H */

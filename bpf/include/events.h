@@ -53,6 +53,8 @@
 #define MBR_OBS_FROM_HOST     4 /* from_host: from the host stack to a pod */
 #define MBR_OBS_TO_OVERLAY    5 /* encapsulated and redirected to the overlay device */
 #define MBR_OBS_FROM_OVERLAY  6 /* from_overlay: decapsulated, from a remote node */
+#define MBR_OBS_SOCK_LB       7 /* a cgroup socket hook (service translation) */
+#define MBR_OBS_FROM_NETDEV   8 /* from_netdev: arriving on an external device (NodePort) */
 
 /* flow_event.ct_state: enum ct_status + 1; 0 before conntrack. */
 #define MBR_CT_STATE_NEW         1
@@ -196,6 +198,42 @@ __noinline int event_emit(struct __sk_buff *skb, struct pkt_obs *o, __u32 type,
 	else
 		bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	return 0;
+}
+
+/* Report and count a drop by a socket hook, which has no packet: the
+ * event carries the destination the socket asked for and the caller's
+ * address if it has one. */
+static __always_inline void sock_drop(__u8 reason, __be32 saddr, __be32 daddr, __be16 dport,
+				      __u8 protocol)
+{
+	__u32 zero = 0;
+	struct dp_config *c = bpf_map_lookup_elem(&mbr_config, &zero);
+	struct flow_event *ev;
+	__u64 *lost;
+
+	metrics_count(reason, MBR_DIR_EGRESS, 0);
+	if (c && c->monitor_level < MBR_MONITOR_DROPS)
+		return;
+	ev = bpf_ringbuf_reserve(&mbr_events, sizeof(*ev), 0);
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&mbr_events_lost, &zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->type = MBR_EVENT_DROP;
+	ev->reason = reason;
+	ev->obs_point = MBR_OBS_SOCK_LB;
+	ev->verdict = 1;
+	ev->direction = MBR_DIR_EGRESS;
+	ev->protocol = protocol;
+	ev->family = MBR_FAMILY_IPV4;
+	__builtin_memcpy(ev->saddr, &saddr, sizeof(saddr));
+	__builtin_memcpy(ev->daddr, &daddr, sizeof(daddr));
+	ev->dport = dport;
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
 }
 
 static __always_inline int reason_is_policy(__u8 reason)

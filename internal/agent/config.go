@@ -44,6 +44,15 @@ type Config struct {
 	FlowBufferSize   int
 	MonitorLevel     string
 	EventsRingSize   uint32
+
+	// Services.
+	CgroupRoot      string
+	ServiceCIDR     string
+	LBAlgorithm     string
+	LBMaglevSize    uint32
+	LBMapSize       uint32
+	NodePortDevices []string
+	NodePortRange   string
 }
 
 // DefaultConfig returns the defaults documented in --help.
@@ -69,6 +78,11 @@ func DefaultConfig() Config {
 		FlowBufferSize:  65536,
 		MonitorLevel:    "default",
 		EventsRingSize:  4 << 20,
+		ServiceCIDR:     "10.96.0.0/16",
+		LBAlgorithm:     "random",
+		LBMaglevSize:    1021,
+		LBMapSize:       65536,
+		NodePortRange:   "30000-32767",
 	}
 }
 
@@ -98,6 +112,13 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.FlowBufferSize, "flow-buffer-size", c.FlowBufferSize, "flows kept in memory for membrane observe")
 	fs.StringVar(&c.MonitorLevel, "monitor-level", c.MonitorLevel, "flow events: off, drops, default (drops, verdicts, first packet and TCP flag changes per connection) or all")
 	fs.Uint32Var(&c.EventsRingSize, "events-ring-size", c.EventsRingSize, "bytes of the BPF ring buffer for flow events (power of two, at least a page)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", c.CgroupRoot, "cgroup v2 directory whose processes get socket-level service translation (connect, sendmsg, recvmsg, getpeername); empty: /sys/fs/cgroup if it is cgroup v2, else cgroup2 mounted at /run/membrane/cgroupv2")
+	fs.StringVar(&c.ServiceCIDR, "service-cidr", c.ServiceCIDR, "range from which services without a clusterIP get one")
+	fs.StringVar(&c.LBAlgorithm, "lb-algorithm", c.LBAlgorithm, "default backend selection: random or maglev (a service overrides it with the annotation membrane.io/lb-algorithm)")
+	fs.Uint32Var(&c.LBMaglevSize, "lb-maglev-table-size", c.LBMaglevSize, "slots of each service's Maglev table (a prime: 251, 509, 1021, 2039, 4093, 8191 or 16381)")
+	fs.Uint32Var(&c.LBMapSize, "lb-map-size", c.LBMapSize, "entries of the service, backend, reverse-NAT and affinity maps")
+	fs.StringSliceVar(&c.NodePortDevices, "nodeport-devices", c.NodePortDevices, "interfaces (in the agent's network namespace) on which NodePort services are answered; empty: the device holding --node-ip")
+	fs.StringVar(&c.NodePortRange, "nodeport-range", c.NodePortRange, "port range of NodePort services")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
 

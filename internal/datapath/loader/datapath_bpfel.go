@@ -102,6 +102,63 @@ type datapathIpcacheValue struct {
 	Flags          uint32
 }
 
+type datapathLb4Backend struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Proto   uint8
+	State   uint8
+}
+
+type datapathLb4Key struct {
+	_       structs.HostLayout
+	Address uint32
+	Dport   uint16
+	Slot    uint16
+	Proto   uint8
+	Pad     [3]uint8
+}
+
+type datapathLb4Revnat struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Pad     [2]uint8
+}
+
+type datapathLb4Service struct {
+	_               structs.HostLayout
+	BackendId       uint32
+	Count           uint16
+	RevNatId        uint16
+	AffinityTimeout uint32
+	Flags           uint8
+	Pad             [3]uint8
+}
+
+type datapathLb4SkKey struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	Address uint32
+	Port    uint16
+	Pad     [2]uint8
+}
+
+type datapathLbAffinityKey struct {
+	_        structs.HostLayout
+	Client   uint64
+	RevNatId uint32
+	Netns    uint8
+	Pad      [3]uint8
+}
+
+type datapathLbAffinityValue struct {
+	_         structs.HostLayout
+	LastUsed  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
 type datapathMetricsKey struct {
 	_      structs.HostLayout
 	Reason uint8
@@ -149,16 +206,28 @@ const (
 	datapathMapMbrEvents                   = "mbr_events"
 	datapathMapMbrEventsLost               = "mbr_events_lost"
 	datapathMapMbrIpcache                  = "mbr_ipcache"
+	datapathMapMbrLb4Backends              = "mbr_lb4_backends"
+	datapathMapMbrLb4Revnat                = "mbr_lb4_revnat"
+	datapathMapMbrLb4Services              = "mbr_lb4_services"
+	datapathMapMbrLb4SkFwd                 = "mbr_lb4_sk_fwd"
+	datapathMapMbrLb4SkRevnat              = "mbr_lb4_sk_revnat"
+	datapathMapMbrLbAffinity               = "mbr_lb_affinity"
+	datapathMapMbrLbMaglev                 = "mbr_lb_maglev"
 	datapathMapMbrMetrics                  = "mbr_metrics"
 	datapathMapMbrPolicy                   = "mbr_policy"
 	datapathMapMbrTunnel                   = "mbr_tunnel"
 	datapathProgFromContainer              = "from_container"
 	datapathProgFromHost                   = "from_host"
 	datapathProgFromOverlay                = "from_overlay"
+	datapathProgSockConnect4               = "sock_connect4"
+	datapathProgSockGetpeername4           = "sock_getpeername4"
+	datapathProgSockRecvmsg4               = "sock_recvmsg4"
+	datapathProgSockSendmsg4               = "sock_sendmsg4"
 	datapathVarCT_LIFETIME_ANY             = "CT_LIFETIME_ANY"
 	datapathVarCT_LIFETIME_TCP_CLOSE       = "CT_LIFETIME_TCP_CLOSE"
 	datapathVarCT_LIFETIME_TCP_ESTABLISHED = "CT_LIFETIME_TCP_ESTABLISHED"
 	datapathVarCT_LIFETIME_TCP_SYN         = "CT_LIFETIME_TCP_SYN"
+	datapathVarLB_MAGLEV_SIZE              = "LB_MAGLEV_SIZE"
 	datapathVarROUTER_IP4                  = "ROUTER_IP4"
 )
 
@@ -204,25 +273,36 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
-	FromHost      *ebpf.ProgramSpec `ebpf:"from_host"`
-	FromOverlay   *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	FromContainer    *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromHost         *ebpf.ProgramSpec `ebpf:"from_host"`
+	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
+	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
+	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
+	SockRecvmsg4     *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
+	SockSendmsg4     *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	MbrConfig     *ebpf.MapSpec `ebpf:"mbr_config"`
-	MbrCtAny      *ebpf.MapSpec `ebpf:"mbr_ct_any"`
-	MbrCtTcp      *ebpf.MapSpec `ebpf:"mbr_ct_tcp"`
-	MbrEndpoints  *ebpf.MapSpec `ebpf:"mbr_endpoints"`
-	MbrEvents     *ebpf.MapSpec `ebpf:"mbr_events"`
-	MbrEventsLost *ebpf.MapSpec `ebpf:"mbr_events_lost"`
-	MbrIpcache    *ebpf.MapSpec `ebpf:"mbr_ipcache"`
-	MbrMetrics    *ebpf.MapSpec `ebpf:"mbr_metrics"`
-	MbrPolicy     *ebpf.MapSpec `ebpf:"mbr_policy"`
-	MbrTunnel     *ebpf.MapSpec `ebpf:"mbr_tunnel"`
+	MbrConfig      *ebpf.MapSpec `ebpf:"mbr_config"`
+	MbrCtAny       *ebpf.MapSpec `ebpf:"mbr_ct_any"`
+	MbrCtTcp       *ebpf.MapSpec `ebpf:"mbr_ct_tcp"`
+	MbrEndpoints   *ebpf.MapSpec `ebpf:"mbr_endpoints"`
+	MbrEvents      *ebpf.MapSpec `ebpf:"mbr_events"`
+	MbrEventsLost  *ebpf.MapSpec `ebpf:"mbr_events_lost"`
+	MbrIpcache     *ebpf.MapSpec `ebpf:"mbr_ipcache"`
+	MbrLb4Backends *ebpf.MapSpec `ebpf:"mbr_lb4_backends"`
+	MbrLb4Revnat   *ebpf.MapSpec `ebpf:"mbr_lb4_revnat"`
+	MbrLb4Services *ebpf.MapSpec `ebpf:"mbr_lb4_services"`
+	MbrLb4SkFwd    *ebpf.MapSpec `ebpf:"mbr_lb4_sk_fwd"`
+	MbrLb4SkRevnat *ebpf.MapSpec `ebpf:"mbr_lb4_sk_revnat"`
+	MbrLbAffinity  *ebpf.MapSpec `ebpf:"mbr_lb_affinity"`
+	MbrLbMaglev    *ebpf.MapSpec `ebpf:"mbr_lb_maglev"`
+	MbrMetrics     *ebpf.MapSpec `ebpf:"mbr_metrics"`
+	MbrPolicy      *ebpf.MapSpec `ebpf:"mbr_policy"`
+	MbrTunnel      *ebpf.MapSpec `ebpf:"mbr_tunnel"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -233,6 +313,7 @@ type datapathVariableSpecs struct {
 	CT_LIFETIME_TCP_CLOSE       *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_CLOSE"`
 	CT_LIFETIME_TCP_ESTABLISHED *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
 	CT_LIFETIME_TCP_SYN         *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_SYN"`
+	LB_MAGLEV_SIZE              *ebpf.VariableSpec `ebpf:"LB_MAGLEV_SIZE"`
 	ROUTER_IP4                  *ebpf.VariableSpec `ebpf:"ROUTER_IP4"`
 }
 
@@ -256,16 +337,23 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	MbrConfig     *ebpf.Map `ebpf:"mbr_config"`
-	MbrCtAny      *ebpf.Map `ebpf:"mbr_ct_any"`
-	MbrCtTcp      *ebpf.Map `ebpf:"mbr_ct_tcp"`
-	MbrEndpoints  *ebpf.Map `ebpf:"mbr_endpoints"`
-	MbrEvents     *ebpf.Map `ebpf:"mbr_events"`
-	MbrEventsLost *ebpf.Map `ebpf:"mbr_events_lost"`
-	MbrIpcache    *ebpf.Map `ebpf:"mbr_ipcache"`
-	MbrMetrics    *ebpf.Map `ebpf:"mbr_metrics"`
-	MbrPolicy     *ebpf.Map `ebpf:"mbr_policy"`
-	MbrTunnel     *ebpf.Map `ebpf:"mbr_tunnel"`
+	MbrConfig      *ebpf.Map `ebpf:"mbr_config"`
+	MbrCtAny       *ebpf.Map `ebpf:"mbr_ct_any"`
+	MbrCtTcp       *ebpf.Map `ebpf:"mbr_ct_tcp"`
+	MbrEndpoints   *ebpf.Map `ebpf:"mbr_endpoints"`
+	MbrEvents      *ebpf.Map `ebpf:"mbr_events"`
+	MbrEventsLost  *ebpf.Map `ebpf:"mbr_events_lost"`
+	MbrIpcache     *ebpf.Map `ebpf:"mbr_ipcache"`
+	MbrLb4Backends *ebpf.Map `ebpf:"mbr_lb4_backends"`
+	MbrLb4Revnat   *ebpf.Map `ebpf:"mbr_lb4_revnat"`
+	MbrLb4Services *ebpf.Map `ebpf:"mbr_lb4_services"`
+	MbrLb4SkFwd    *ebpf.Map `ebpf:"mbr_lb4_sk_fwd"`
+	MbrLb4SkRevnat *ebpf.Map `ebpf:"mbr_lb4_sk_revnat"`
+	MbrLbAffinity  *ebpf.Map `ebpf:"mbr_lb_affinity"`
+	MbrLbMaglev    *ebpf.Map `ebpf:"mbr_lb_maglev"`
+	MbrMetrics     *ebpf.Map `ebpf:"mbr_metrics"`
+	MbrPolicy      *ebpf.Map `ebpf:"mbr_policy"`
+	MbrTunnel      *ebpf.Map `ebpf:"mbr_tunnel"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -277,6 +365,13 @@ func (m *datapathMaps) Close() error {
 		m.MbrEvents,
 		m.MbrEventsLost,
 		m.MbrIpcache,
+		m.MbrLb4Backends,
+		m.MbrLb4Revnat,
+		m.MbrLb4Services,
+		m.MbrLb4SkFwd,
+		m.MbrLb4SkRevnat,
+		m.MbrLbAffinity,
+		m.MbrLbMaglev,
 		m.MbrMetrics,
 		m.MbrPolicy,
 		m.MbrTunnel,
@@ -291,6 +386,7 @@ type datapathVariables struct {
 	CT_LIFETIME_TCP_CLOSE       *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_CLOSE"`
 	CT_LIFETIME_TCP_ESTABLISHED *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
 	CT_LIFETIME_TCP_SYN         *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_SYN"`
+	LB_MAGLEV_SIZE              *ebpf.Variable `ebpf:"LB_MAGLEV_SIZE"`
 	ROUTER_IP4                  *ebpf.Variable `ebpf:"ROUTER_IP4"`
 }
 
@@ -298,9 +394,13 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	FromContainer *ebpf.Program `ebpf:"from_container"`
-	FromHost      *ebpf.Program `ebpf:"from_host"`
-	FromOverlay   *ebpf.Program `ebpf:"from_overlay"`
+	FromContainer    *ebpf.Program `ebpf:"from_container"`
+	FromHost         *ebpf.Program `ebpf:"from_host"`
+	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
+	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
+	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
+	SockRecvmsg4     *ebpf.Program `ebpf:"sock_recvmsg4"`
+	SockSendmsg4     *ebpf.Program `ebpf:"sock_sendmsg4"`
 }
 
 func (p *datapathPrograms) Close() error {
@@ -308,6 +408,10 @@ func (p *datapathPrograms) Close() error {
 		p.FromContainer,
 		p.FromHost,
 		p.FromOverlay,
+		p.SockConnect4,
+		p.SockGetpeername4,
+		p.SockRecvmsg4,
+		p.SockSendmsg4,
 	)
 }
 

@@ -161,6 +161,8 @@ const (
 	ObsFromHost     ObsPoint = 4 // from the host stack towards a pod (from_host)
 	ObsToOverlay    ObsPoint = 5 // encapsulated and redirected to the overlay device
 	ObsFromOverlay  ObsPoint = 6 // from another node through the overlay (from_overlay)
+	ObsSockLB       ObsPoint = 7 // a socket hook translating a service address (cgroup connect/sendmsg)
+	ObsFromNetdev   ObsPoint = 8 // arriving on an external device (from_netdev: NodePort)
 )
 
 var obsPointNames = [...]string{
@@ -170,10 +172,12 @@ var obsPointNames = [...]string{
 	ObsFromHost:     "from-host",
 	ObsToOverlay:    "to-overlay",
 	ObsFromOverlay:  "from-overlay",
+	ObsSockLB:       "sock-lb",
+	ObsFromNetdev:   "from-netdev",
 }
 
 func (p ObsPoint) String() string {
-	if p >= ObsFromEndpoint && p <= ObsFromOverlay {
+	if p >= ObsFromEndpoint && p <= ObsFromNetdev {
 		return obsPointNames[p]
 	}
 	return "obs-point-" + strconv.Itoa(int(p))

@@ -76,6 +76,8 @@ type Config struct {
 	CTTCPSize       uint32     // 0 = default 1048576
 	CTAnySize       uint32     // 0 = default 262144
 	TunnelMapSize   uint32     // 0 = default 65536, remote pod CIDRs
+	LBMapSize       uint32     // 0 = default 65536: services, backends, reverse NAT, affinity
+	LBMaglevSize    uint32     // 0 = default 1021: slots of each Maglev table (a prime)
 	CTTimeouts      CTTimeouts // zero fields = defaults
 	// EventsRingSize is the size in bytes of the flow event ring buffer:
 	// 0 = default 4 MiB, else a power of two and a multiple of the page
@@ -162,8 +164,18 @@ func (c Config) Validate() error {
 	if _, err := routingModeValue(c.RoutingMode); err != nil {
 		return err
 	}
+	if c.LBMaglevSize != 0 && !ValidMaglevSize(c.LBMaglevSize) {
+		return fmt.Errorf("Maglev table size %d: want one of %v", c.LBMaglevSize, MaglevSizes)
+	}
 	return nil
 }
+
+// MaglevSizes are the Maglev table sizes the datapath accepts: primes, so
+// that every offset/skip permutation covers the whole table.
+var MaglevSizes = []uint32{251, 509, 1021, 2039, 4093, 8191, 16381}
+
+// ValidMaglevSize reports whether m is one of MaglevSizes.
+func ValidMaglevSize(m uint32) bool { return slices.Contains(MaglevSizes, m) }
 
 func orDefault(v, def uint32) uint32 {
 	if v == 0 {
@@ -207,6 +219,9 @@ type Datapath struct {
 	// policyInner is the spec of one endpoint policy map (the inner map
 	// of mbr_policy) with this config's size.
 	policyInner *ebpf.MapSpec
+	// maglevInner is the spec of one Maglev table (inner map of
+	// mbr_lb_maglev) with this config's table size.
+	maglevInner *ebpf.MapSpec
 
 	mu    sync.Mutex
 	links map[string]link.Link // by pin name, e.g. lxc_lxc1234
@@ -254,6 +269,18 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 		return nil, fmt.Errorf("load datapath: map %s has no inner map spec", datapathMapMbrPolicy)
 	}
 	inner.MaxEntries = cfg.policyMapSize()
+	for _, name := range []string{datapathMapMbrLb4Services, datapathMapMbrLb4Backends, datapathMapMbrLb4Revnat,
+		datapathMapMbrLbAffinity, datapathMapMbrLb4SkRevnat, datapathMapMbrLb4SkFwd, datapathMapMbrLbMaglev} {
+		spec.Maps[name].MaxEntries = cfg.lbMapSize()
+	}
+	maglev := spec.Maps[datapathMapMbrLbMaglev].InnerMap
+	if maglev == nil {
+		return nil, fmt.Errorf("load datapath: map %s has no inner map spec", datapathMapMbrLbMaglev)
+	}
+	maglev.ValueSize = 4 * cfg.lbMaglevSize()
+	if err := spec.Variables[datapathVarLB_MAGLEV_SIZE].Set(cfg.lbMaglevSize()); err != nil {
+		return nil, fmt.Errorf("load datapath: set LB_MAGLEV_SIZE: %w", err)
+	}
 
 	if err := replaceIncompatiblePin(spec, cfg.PinDir, datapathMapMbrEvents, log); err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
@@ -262,7 +289,7 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 
-	d := &Datapath{cfg: cfg, log: log, links: make(map[string]link.Link), policyInner: inner.Copy()}
+	d := &Datapath{cfg: cfg, log: log, links: make(map[string]link.Link), policyInner: inner.Copy(), maglevInner: maglev.Copy()}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		var verr *ebpf.VerifierError

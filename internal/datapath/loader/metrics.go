@@ -31,21 +31,29 @@ const (
 	// (1) received from the overlay, or a source identity that is no 24-bit
 	// VNI to send.
 	DropInvalidIdentity DropReason = 10
-	maxKnownDropReason             = DropInvalidIdentity
+	// DropNoServiceBackend: a connection or packet to a service port that
+	// has no active backend (the socket hook refuses the connect or send).
+	DropNoServiceBackend DropReason = 11
+	// DropNoRoute: a translated NodePort packet has no route (FIB lookup
+	// failed) back to the client or on to the backend.
+	DropNoRoute        DropReason = 12
+	maxKnownDropReason            = DropNoRoute
 )
 
 var dropReasonNames = [...]string{
-	Forwarded:           "forwarded",
-	DropPolicyDenied:    "policy denied",
-	DropPolicyNoRule:    "policy no rule",
-	DropInvalidPacket:   "invalid packet",
-	DropSpoofedSource:   "spoofed source",
-	DropCTMapFull:       "conntrack map full",
-	DropUnknownEndpoint: "unknown endpoint",
-	DropTTLExceeded:     "TTL exceeded",
-	DropUnsupportedL3:   "unsupported L3 protocol",
-	DropNoTunnel:        "no tunnel",
-	DropInvalidIdentity: "invalid identity",
+	Forwarded:            "forwarded",
+	DropPolicyDenied:     "policy denied",
+	DropPolicyNoRule:     "policy no rule",
+	DropInvalidPacket:    "invalid packet",
+	DropSpoofedSource:    "spoofed source",
+	DropCTMapFull:        "conntrack map full",
+	DropUnknownEndpoint:  "unknown endpoint",
+	DropTTLExceeded:      "TTL exceeded",
+	DropUnsupportedL3:    "unsupported L3 protocol",
+	DropNoTunnel:         "no tunnel",
+	DropInvalidIdentity:  "invalid identity",
+	DropNoServiceBackend: "no service backend",
+	DropNoRoute:          "no route",
 }
 
 func (r DropReason) String() string {
@@ -56,17 +64,19 @@ func (r DropReason) String() string {
 }
 
 var dropReasonCodes = [...]string{
-	Forwarded:           "FORWARDED",
-	DropPolicyDenied:    "POLICY_DENIED",
-	DropPolicyNoRule:    "POLICY_NO_RULE",
-	DropInvalidPacket:   "INVALID_PACKET",
-	DropSpoofedSource:   "SPOOFED_SOURCE",
-	DropCTMapFull:       "CT_MAP_FULL",
-	DropUnknownEndpoint: "UNKNOWN_ENDPOINT",
-	DropTTLExceeded:     "TTL_EXCEEDED",
-	DropUnsupportedL3:   "UNSUPPORTED_L3",
-	DropNoTunnel:        "NO_TUNNEL",
-	DropInvalidIdentity: "INVALID_IDENTITY",
+	Forwarded:            "FORWARDED",
+	DropPolicyDenied:     "POLICY_DENIED",
+	DropPolicyNoRule:     "POLICY_NO_RULE",
+	DropInvalidPacket:    "INVALID_PACKET",
+	DropSpoofedSource:    "SPOOFED_SOURCE",
+	DropCTMapFull:        "CT_MAP_FULL",
+	DropUnknownEndpoint:  "UNKNOWN_ENDPOINT",
+	DropTTLExceeded:      "TTL_EXCEEDED",
+	DropUnsupportedL3:    "UNSUPPORTED_L3",
+	DropNoTunnel:         "NO_TUNNEL",
+	DropInvalidIdentity:  "INVALID_IDENTITY",
+	DropNoServiceBackend: "NO_SERVICE_BACKEND",
+	DropNoRoute:          "NO_ROUTE",
 }
 
 // Code is the reason's stable upper-case name, as in bpf/include/drop.h;
