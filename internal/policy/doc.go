@@ -1,6 +1,9 @@
-// Package policy is Membrane's pure policy core. It owns the policy API types
-// (Namespace, networking.k8s.io/v1 NetworkPolicy and membrane.io/v1
-// MembranePolicy), their strict parsing and validation, label selectors, and
+// Package policy is Membrane's pure policy core. It owns the API types that
+// `membrane apply` accepts (Namespace, networking.k8s.io/v1 NetworkPolicy,
+// membrane.io/v1 MembranePolicy, and the policy-free v1 Service and
+// discovery.k8s.io/v1 EndpointSlice that internal/service turns into
+// load-balancer frontends), their strict parsing and validation, label
+// selectors, and
 // resolution: objects, identities and endpoints go in, the desired per-endpoint
 // policy map state comes out (Resolve), together with a table of the rules that
 // produced each entry so that verdicts can be explained (Trace).

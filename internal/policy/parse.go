@@ -225,13 +225,18 @@ func decodeObject(m map[string]any) (Object, error) {
 	obj.Name, obj.Namespace = meta.Name, meta.Namespace
 	obj.Labels, obj.Annotations = meta.Labels, meta.Annotations
 
+	isSlice := obj.Kind == KindEndpointSlice
 	for _, k := range sortedKeys(m) {
-		switch k {
-		case "apiVersion", "kind":
+		switch {
+		case k == "apiVersion" || k == "kind":
 			if _, ok := m[k].(string); !ok {
 				fe.add(k, "must be a string")
 			}
-		case "metadata", "spec":
+		case k == "metadata":
+		case k == "spec" && isSlice:
+			fe.add(k, "unknown field (an EndpointSlice has addressType, endpoints and ports at the top level, not under spec)")
+		case k == "spec":
+		case isSlice && endpointSliceFields[k]:
 		default:
 			fe.add(k, "unknown field")
 		}
@@ -259,6 +264,29 @@ func decodeObject(m map[string]any) (Object, error) {
 		if obj.Namespace == "" {
 			obj.Namespace = DefaultNamespace
 		}
+	case KindService:
+		obj.Service = &ServiceSpec{}
+		if hasSpec {
+			decodeValue(spec, reflect.ValueOf(obj.Service).Elem(), "spec", &fe)
+		}
+		if obj.Namespace == "" {
+			obj.Namespace = DefaultNamespace
+		}
+		defaultService(obj.Service)
+	case KindEndpointSlice:
+		obj.EndpointSlice = &EndpointSliceSpec{}
+		top := map[string]any{}
+		for k := range endpointSliceFields {
+			if v, ok := m[k]; ok {
+				top[k] = v
+			}
+		}
+		// The fields sit at the top level, so their paths have no prefix.
+		decodeValue(top, reflect.ValueOf(obj.EndpointSlice).Elem(), "", &fe)
+		if obj.Namespace == "" {
+			obj.Namespace = DefaultNamespace
+		}
+		defaultEndpointSlice(obj.EndpointSlice)
 	}
 	if len(fe) > 0 {
 		return Object{}, &ObjectError{Object: obj.Ref(), Errors: fe}
@@ -449,21 +477,35 @@ type manifest struct {
 	Spec       any        `json:"spec,omitempty"`
 }
 
+// sliceManifest is the JSON form of an EndpointSlice: no spec, its fields
+// at the top level as in Kubernetes.
+type sliceManifest struct {
+	APIVersion string     `json:"apiVersion"`
+	Kind       string     `json:"kind"`
+	Metadata   ObjectMeta `json:"metadata"`
+	*EndpointSliceSpec
+}
+
 // MarshalJSON writes the object as a Kubernetes manifest.
 func (o Object) MarshalJSON() ([]byte, error) {
-	m := manifest{
-		APIVersion: o.APIVersion,
-		Kind:       o.Kind,
-		Metadata: ObjectMeta{
-			Name: o.Name, Namespace: o.Namespace,
-			Labels: o.Labels, Annotations: o.Annotations,
-		},
+	meta := ObjectMeta{
+		Name: o.Name, Namespace: o.Namespace,
+		Labels: o.Labels, Annotations: o.Annotations,
 	}
+	if o.EndpointSlice != nil {
+		return json.Marshal(sliceManifest{
+			APIVersion: o.APIVersion, Kind: o.Kind, Metadata: meta,
+			EndpointSliceSpec: o.EndpointSlice,
+		})
+	}
+	m := manifest{APIVersion: o.APIVersion, Kind: o.Kind, Metadata: meta}
 	switch {
 	case o.NetworkPolicy != nil:
 		m.Spec = o.NetworkPolicy
 	case o.MembranePolicy != nil:
 		m.Spec = o.MembranePolicy
+	case o.Service != nil:
+		m.Spec = o.Service
 	}
 	return json.Marshal(m)
 }

@@ -56,7 +56,7 @@ func TestParseErrors(t *testing.T) {
 		{"wrong apiVersion", "apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec: {podSelector: {}}\n",
 			`networkpolicy default/x: apiVersion: NetworkPolicy needs apiVersion networking.k8s.io/v1, got "v1"`},
 		{"unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
-			`pod x: kind: unknown kind "Pod" (want Namespace, NetworkPolicy or MembranePolicy)`},
+			`pod x: kind: unknown kind "Pod" (want Namespace, NetworkPolicy, MembranePolicy, Service or EndpointSlice)`},
 		{"namespace with namespace", "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod, namespace: default}\n",
 			"namespace default/prod: metadata.namespace: Namespace is cluster-scoped and takes no namespace"},
 		{"unknown entity", mpHeader + "spec:\n  endpointSelector: {}\n  ingress:\n  - fromEntities: [internet]\n",

@@ -13,10 +13,13 @@ const (
 	APIVersionV1         = "v1"
 	APIVersionNetworking = "networking.k8s.io/v1"
 	APIVersionMembrane   = "membrane.io/v1"
+	APIVersionDiscovery  = "discovery.k8s.io/v1"
 
 	KindNamespace      = "Namespace"
 	KindNetworkPolicy  = "NetworkPolicy"
 	KindMembranePolicy = "MembranePolicy"
+	KindService        = "Service"
+	KindEndpointSlice  = "EndpointSlice"
 	kindList           = "List"
 )
 
@@ -26,10 +29,11 @@ const DefaultNamespace = "default"
 // NamedPort is a named container port of an endpoint.
 type NamedPort = api.NamedPort
 
-// Object is one parsed resource. Exactly one of the spec pointers is set for
-// policy kinds; a Namespace has only metadata. Its JSON form is the
-// Kubernetes manifest (apiVersion, kind, metadata, spec), so a stored Object
-// reads back with Parse or json.Unmarshal unchanged.
+// Object is one parsed resource. Exactly one of the spec pointers is set,
+// the one of its kind; a Namespace has only metadata. Its JSON form is the
+// Kubernetes manifest (apiVersion, kind, metadata, spec — or, for an
+// EndpointSlice, its top-level addressType, endpoints and ports), so a
+// stored Object reads back with Parse or json.Unmarshal unchanged.
 type Object struct {
 	APIVersion     string
 	Kind           string
@@ -39,6 +43,8 @@ type Object struct {
 	Annotations    map[string]string
 	NetworkPolicy  *NetworkPolicySpec
 	MembranePolicy *MembranePolicySpec
+	Service        *ServiceSpec       // v1 Service
+	EndpointSlice  *EndpointSliceSpec // discovery.k8s.io/v1 EndpointSlice
 }
 
 // Ref is "kind ns/name" (or "kind name" for cluster-scoped kinds), lowercased

@@ -49,10 +49,14 @@ func Validate(obj *Object) error {
 				validateMembranePolicy(obj.MembranePolicy, &fe)
 			}
 		}
+	case KindService:
+		validateService(obj, &fe)
+	case KindEndpointSlice:
+		validateEndpointSlice(obj, &fe)
 	case "":
 		fe.add("kind", "required")
 	default:
-		fe.add("kind", "unknown kind %q (want Namespace, NetworkPolicy or MembranePolicy)", obj.Kind)
+		fe.add("kind", "unknown kind %q (want Namespace, NetworkPolicy, MembranePolicy, Service or EndpointSlice)", obj.Kind)
 	}
 	validateLabelMap("metadata.labels", obj.Labels, &fe)
 	if len(fe) == 0 {
