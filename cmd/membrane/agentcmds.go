@@ -189,7 +189,27 @@ func newEndpointCmd(g *globals) *cobra.Command {
 			return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
 		},
 	}
-	cmd.AddCommand(list, get, label, ports)
+	readiness := &cobra.Command{
+		Use:     "readiness ENDPOINT ready|not-ready|terminating",
+		Short:   "Set whether an endpoint takes new service connections (not-ready and terminating keep the ones they have)",
+		Example: "  membrane endpoint readiness default/web-1 not-ready",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := g.ctx()
+			defer cancel()
+			c := g.client()
+			ep, err := c.Endpoint(ctx, args[0])
+			if err != nil {
+				return g.explain(err)
+			}
+			ep, err = c.PatchEndpoint(ctx, ep.ID, api.EndpointPatch{Readiness: &args[1]})
+			if err != nil {
+				return g.explain(err)
+			}
+			return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
+		},
+	}
+	cmd.AddCommand(list, get, label, ports, readiness)
 	return cmd
 }
 
@@ -213,6 +233,9 @@ func printEndpoint(w io.Writer, ep api.Endpoint) {
 	fmt.Fprintf(w, "Pod:\t%s/%s\n", ep.Namespace, ep.Name)
 	fmt.Fprintf(w, "Container:\t%s\n", ep.ContainerID)
 	fmt.Fprintf(w, "State:\t%s\n", ep.State)
+	if ep.Readiness != "" {
+		fmt.Fprintf(w, "Readiness:\t%s (no new service connections)\n", ep.Readiness)
+	}
 	fmt.Fprintf(w, "IPv4:\t%s\n", ep.IPv4)
 	fmt.Fprintf(w, "Pod interface:\t%s (%s) in %s\n", ep.IfName, ep.MAC, ep.Netns)
 	fmt.Fprintf(w, "Node interface:\t%s (ifindex %d, %s)\n", ep.HostIfName, ep.HostIfIndex, ep.HostMAC)
@@ -312,5 +335,6 @@ func newBPFCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(ep)
 	addBPFPolicyCmds(g, cmd)
 	addBPFTunnelCmd(g, cmd)
+	addBPFLBCmd(g, cmd)
 	return cmd
 }

@@ -38,7 +38,7 @@ Output is a table for people; -o json (or yaml) for scripts.`,
 	root.PersistentFlags().StringVar(&g.socket, "socket", def, "agent API socket ($MEMBRANE_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	root.AddCommand(newStatusCmd(g), newEndpointCmd(g), newBPFCmd(g), newApplyCmd(g), newDeleteCmd(g), newGetCmd(g),
-		newPolicyCmd(g), newIdentityCmd(g), newObserveCmd(g), newMonitorCmd(g), newNodeCmd(g), newBGPCmd(g), newLabCmd())
+		newPolicyCmd(g), newIdentityCmd(g), newObserveCmd(g), newMonitorCmd(g), newNodeCmd(g), newBGPCmd(g), newServiceCmd(g), newLabCmd())
 	if err := root.Execute(); err != nil {
 		// A command run with `lab exec` passes its own exit status through.
 		var ec interface{ ExitCode() int }

@@ -51,6 +51,7 @@ type Agent struct {
 	idAlloc   *kvstore.IdentityAllocator
 	idCache   *identity.Cache
 	policy    *policyEngine
+	services  *serviceEngine
 
 	obs        *observer
 	metrics    *metrics.Metrics
@@ -141,6 +142,8 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		MonitorLevel:    a.monitorLevel,
 		TunnelMapSize:   a.cfg.TunnelMapSize,
 		RoutingMode:     a.cfg.RoutingMode,
+		LBMapSize:       a.cfg.LBMapSize,
+		LBMaglevSize:    a.cfg.LBMaglevSize,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -194,8 +197,21 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	a.eps = eps
 
-	// The policy engine exists before anything can ask it (flow
-	// enrichment, API); it computes for the first time further down.
+	// Socket-level service translation for every process of the node
+	// (and its pods, whose cgroups lie below).
+	cgRoot, err := a.cfg.cgroupRoot()
+	if err != nil {
+		return err
+	}
+	if err := dp.AttachCgroup(cgRoot); err != nil {
+		return err
+	}
+	a.log.Info("socket hooks attached", "cgroup", cgRoot)
+
+	// The policy and service engines exist before anything can ask them
+	// (flow enrichment, API); they compute for the first time further
+	// down.
+	a.services = newServiceEngine(a)
 	a.policy = newPolicyEngine(a)
 
 	// Flow events: read from the ring buffer into the flow store.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/membrane-net/membrane/internal/datapath/loader"
 	"github.com/membrane-net/membrane/internal/identity"
 	"github.com/membrane-net/membrane/internal/kvstore"
+	"github.com/membrane-net/membrane/internal/service"
 )
 
 // clusterSync publishes this node and its endpoints to etcd and turns the
@@ -28,6 +31,7 @@ type clusterSync struct {
 	mu     sync.Mutex
 	nodes  []kvstore.NodeRecord
 	remote map[netip.Prefix]uint32 // remote /32 → identity
+	pods   []service.Pod           // remote pods, for service backends
 	// applied: the policy engine has computed with remote (resync only
 	// regenerates when remote changed or the last regeneration failed).
 	applied bool
@@ -54,7 +58,8 @@ func (c *clusterSync) register(ctx context.Context) error {
 func (c *clusterSync) publish(ctx context.Context, eps []api.Endpoint, ids map[uint16]identity.ID) error {
 	want := map[string]string{}
 	for _, ep := range eps {
-		rec := kvstore.IPCacheRecord{IP: ep.IPv4, Identity: uint32(ids[ep.ID]), Node: c.a.cfg.NodeName, NodeIP: c.a.nodeIP}
+		rec := kvstore.IPCacheRecord{IP: ep.IPv4, Identity: uint32(ids[ep.ID]), Node: c.a.cfg.NodeName, NodeIP: c.a.nodeIP,
+			Namespace: ep.Namespace, Pod: ep.Name, Labels: ep.Labels, Ports: ep.Ports, Readiness: ep.Readiness}
 		b, _ := json.Marshal(rec)
 		want[kvstore.IPCacheKey(ep.IPv4)] = string(b)
 	}
@@ -118,6 +123,7 @@ func (c *clusterSync) resync(ctx context.Context) (int64, error) {
 	}
 	self := c.a.cfg.NodeName
 	remote := map[netip.Prefix]uint32{}
+	var pods []service.Pod
 	live := map[string]bool{}
 	for _, n := range nodes {
 		live[n.Name] = true
@@ -132,6 +138,8 @@ func (c *clusterSync) resync(ctx context.Context) (int64, error) {
 			continue
 		}
 		remote[netip.PrefixFrom(r.IP, r.IP.BitLen())] = r.Identity
+		pods = append(pods, service.Pod{IP: r.IP, Namespace: r.Namespace, Name: r.Pod, Node: r.Node, Labels: r.Labels,
+			NamedPorts: r.Ports, Ready: r.Readiness == "", Terminating: r.Readiness == api.ReadinessTerminating})
 	}
 	if err := c.syncTunnels(nodes); err != nil {
 		return 0, err
@@ -140,8 +148,8 @@ func (c *clusterSync) resync(ctx context.Context) (int64, error) {
 	// node's own ipcache records coming back (one per ADD and DEL), which
 	// change nothing for it.
 	c.mu.Lock()
-	changed := !c.applied || !maps.Equal(c.remote, remote)
-	c.nodes, c.remote, c.synced, c.err = nodes, remote, time.Now(), nil
+	changed := !c.applied || !maps.Equal(c.remote, remote) || !reflect.DeepEqual(c.pods, pods)
+	c.nodes, c.remote, c.pods, c.synced, c.err = nodes, remote, pods, time.Now(), nil
 	c.applied = false
 	c.mu.Unlock()
 	if !changed {
@@ -197,6 +205,13 @@ func (c *clusterSync) syncTunnels(nodes []kvstore.NodeRecord) error {
 		c.a.log.Info("tunnel added", "podCIDR", p, "node", ip)
 	}
 	return errors.Join(errs...)
+}
+
+// remotePods returns the pods of other nodes (records of live nodes).
+func (c *clusterSync) remotePods() []service.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.pods)
 }
 
 // remoteEntries returns the remote ipcache state for the policy engine.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -198,6 +199,24 @@ func (c Config) Validate() error {
 	if c.EventsRingSize < 4096 || c.EventsRingSize&(c.EventsRingSize-1) != 0 {
 		errs = append(errs, fmt.Errorf("--events-ring-size %d: want a power of two of at least 4096", c.EventsRingSize))
 	}
+	if c.CgroupRoot != "" && !filepath.IsAbs(c.CgroupRoot) {
+		errs = append(errs, fmt.Errorf("--cgroup-root %q: want an absolute path", c.CgroupRoot))
+	}
+	if _, err := c.ServicePrefix(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LBAlgorithm != "random" && c.LBAlgorithm != "maglev" {
+		errs = append(errs, fmt.Errorf("--lb-algorithm %q: want random or maglev", c.LBAlgorithm))
+	}
+	if !loader.ValidMaglevSize(c.LBMaglevSize) {
+		errs = append(errs, fmt.Errorf("--lb-maglev-table-size %d: want one of %v", c.LBMaglevSize, loader.MaglevSizes))
+	}
+	if c.LBMapSize < 16 || c.LBMapSize > 1<<24 {
+		errs = append(errs, fmt.Errorf("--lb-map-size %d: want 16 to 16777216", c.LBMapSize))
+	}
+	if _, _, err := c.NodePorts(); err != nil {
+		errs = append(errs, err)
+	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -228,6 +247,29 @@ func (c Config) Cluster() (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("--cluster-cidr %s: want a masked IPv4 prefix of /24 or larger", p)
 	}
 	return p, nil
+}
+
+// ServicePrefix parses --service-cidr.
+func (c Config) ServicePrefix() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.ServiceCIDR)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("--service-cidr %q: %w", c.ServiceCIDR, err)
+	}
+	if p != p.Masked() || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30 {
+		return netip.Prefix{}, fmt.Errorf("--service-cidr %s: want a masked IPv4 prefix of /8 to /30", p)
+	}
+	return p, nil
+}
+
+// NodePorts parses --nodeport-range ("30000-32767").
+func (c Config) NodePorts() (lo, hi uint16, err error) {
+	a, b, ok := strings.Cut(c.NodePortRange, "-")
+	x, err1 := strconv.ParseUint(a, 10, 16)
+	y, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil || x == 0 || x > y {
+		return 0, 0, fmt.Errorf("--nodeport-range %q: want LOW-HIGH, 1 ≤ LOW ≤ HIGH ≤ 65535", c.NodePortRange)
+	}
+	return uint16(x), uint16(y), nil
 }
 
 // PinDir is where this node's BPF objects are pinned.

@@ -15,6 +15,7 @@ import (
 	"github.com/membrane-net/membrane/internal/identity"
 	"github.com/membrane-net/membrane/internal/kvstore"
 	"github.com/membrane-net/membrane/internal/policy"
+	"github.com/membrane-net/membrane/internal/service"
 )
 
 // policyEngine turns stored resources, endpoints and identities into the
@@ -309,6 +310,15 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 			a.log.Warn("publish endpoints to the cluster", "err", err)
 		}
 	}
+	// Services follow the same objects and endpoints. A full map must not
+	// fail endpoint creation: the error is logged and shown in status.
+	sin := service.Input{Objects: e.objects, Pods: a.servicePods(eps), DefaultAlgorithm: service.Algorithm(a.cfg.LBAlgorithm)}
+	if a.nodeIP.IsValid() {
+		sin.NodeIPs = []netip.Addr{a.nodeIP}
+	}
+	if err := a.services.sync(sin); err != nil {
+		a.log.Error("service load balancing not fully applied", "err", err)
+	}
 	e.input, e.result = in, res
 	e.revision++
 	e.realized = e.objRev
@@ -347,9 +357,10 @@ func (e *policyEngine) status() api.PolicyStatus {
 	defer e.mu.Unlock()
 	st := api.PolicyStatus{Revision: e.revision, RealizedRevision: e.realized, LastDuration: e.lastDur}
 	for _, o := range e.objects {
-		if o.Kind == "Namespace" {
+		switch o.Kind {
+		case policy.KindNamespace:
 			st.Namespaces++
-		} else {
+		case policy.KindNetworkPolicy, policy.KindMembranePolicy:
 			st.Policies++
 		}
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -66,11 +67,99 @@ func (a *Agent) Apply(ctx context.Context, r api.ApplyRequest) (api.ApplyRespons
 	if err != nil {
 		return api.ApplyResponse{}, err
 	}
+	claimed, err := a.prepareServices(ctx, objs)
+	if err != nil {
+		return api.ApplyResponse{}, err
+	}
 	changes, rev, err := a.resources.Apply(ctx, objs)
 	if err != nil {
+		for owner, ip := range claimed {
+			if rerr := kvstore.ReleaseServiceIP(context.WithoutCancel(ctx), a.kv.Client, owner, ip); rerr != nil {
+				a.log.Warn("release cluster IP after a failed apply", "err", rerr)
+			}
+		}
 		return api.ApplyResponse{}, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
 	}
 	return a.finishWrite(ctx, r.Wait, changes, rev)
+}
+
+// prepareServices gives every Service without a clusterIP the one it
+// already holds or a new one from --service-cidr, claims given cluster IPs
+// (one service per address) and checks nodePorts against --nodeport-range.
+// It returns the addresses it newly claimed, for release if the apply
+// fails; on error it has released them already.
+func (a *Agent) prepareServices(ctx context.Context, objs []policy.Object) (claimed map[string]netip.Addr, retErr error) {
+	claimed = map[string]netip.Addr{}
+	defer func() {
+		if retErr != nil {
+			for owner, ip := range claimed {
+				_ = kvstore.ReleaseServiceIP(context.WithoutCancel(ctx), a.kv.Client, owner, ip)
+			}
+		}
+	}()
+	var stored map[kvstore.Ref]policy.Object
+	cidr, _ := a.cfg.ServicePrefix()
+	lo, hi, _ := a.cfg.NodePorts()
+	for i := range objs {
+		o := &objs[i]
+		if o.Kind != policy.KindService || o.Service == nil {
+			continue
+		}
+		owner := o.Namespace + "/" + o.Name
+		for j, p := range o.Service.Ports {
+			if p.NodePort != 0 && (uint16(p.NodePort) < lo || uint16(p.NodePort) > hi) {
+				return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s: spec.ports[%d].nodePort %d is outside --nodeport-range %d-%d; nothing was stored", o.Ref(), j, p.NodePort, lo, hi)}
+			}
+		}
+		if stored == nil {
+			all, _, err := a.resources.List(ctx)
+			if err != nil {
+				return nil, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+			}
+			stored = map[kvstore.Ref]policy.Object{}
+			for _, s := range all {
+				stored[kvstore.RefOf(&s)] = s
+			}
+		}
+		prev := ""
+		if s, ok := stored[kvstore.RefOf(o)]; ok && s.Service != nil {
+			prev = s.Service.ClusterIP
+		}
+		switch ip := o.Service.ClusterIP; {
+		case ip == "None":
+			if prev != "" && prev != "None" {
+				return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s: spec.clusterIP is immutable (stored %s); delete the service first; nothing was stored", o.Ref(), prev)}
+			}
+		case ip == "" && prev != "" && prev != "None":
+			o.Service.ClusterIP = prev
+		case ip == "":
+			got, err := kvstore.AllocateServiceIP(ctx, a.kv.Client, owner, cidr)
+			if err != nil {
+				return nil, &api.Error{Code: api.CodeExhausted, Message: err.Error()}
+			}
+			claimed[owner] = got
+			o.Service.ClusterIP = got.String()
+		default:
+			addr, err := netip.ParseAddr(ip)
+			if err != nil || !cidr.Contains(addr) {
+				return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s: spec.clusterIP %s is not inside --service-cidr %s; nothing was stored", o.Ref(), ip, cidr)}
+			}
+			if prev != "" && prev != ip {
+				return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s: spec.clusterIP is immutable (stored %s, got %s); delete the service first; nothing was stored", o.Ref(), prev, ip)}
+			}
+			if err := kvstore.ClaimServiceIP(ctx, a.kv.Client, owner, addr); err != nil {
+				code := api.CodeUnavailable
+				if errors.Is(err, kvstore.ErrServiceIPTaken) {
+					code = api.CodeConflict
+				}
+				return nil, &api.Error{Code: code, Message: err.Error() + "; nothing was stored"}
+			}
+			if prev == "" {
+				claimed[owner] = addr
+			}
+		}
+	}
+	return claimed, nil
 }
 
 // DeleteResources implements api.Backend.
@@ -83,9 +172,29 @@ func (a *Agent) DeleteResources(ctx context.Context, r api.ApplyRequest) (api.Ap
 	for i := range objs {
 		refs[i] = kvstore.RefOf(&objs[i])
 	}
+	// Cluster IPs of deleted services go back to the pool.
+	ips := map[string]netip.Addr{}
+	if stored, _, err := a.resources.List(ctx); err == nil {
+		want := map[kvstore.Ref]bool{}
+		for _, r := range refs {
+			want[r] = true
+		}
+		for _, s := range stored {
+			if s.Kind == policy.KindService && s.Service != nil && want[kvstore.RefOf(&s)] {
+				if ip, err := netip.ParseAddr(s.Service.ClusterIP); err == nil {
+					ips[s.Namespace+"/"+s.Name] = ip
+				}
+			}
+		}
+	}
 	changes, rev, err := a.resources.Delete(ctx, refs)
 	if err != nil {
 		return api.ApplyResponse{}, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	for owner, ip := range ips {
+		if err := kvstore.ReleaseServiceIP(ctx, a.kv.Client, owner, ip); err != nil {
+			a.log.Warn("release cluster IP of a deleted service", "service", owner, "err", err)
+		}
 	}
 	return a.finishWrite(ctx, r.Wait, changes, rev)
 }

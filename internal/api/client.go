@@ -308,3 +308,24 @@ func (c *Client) BGPRoutes(ctx context.Context) ([]BGPRoute, error) {
 	err := c.do(ctx, http.MethodGet, "/v1/bgp/routes", nil, &out)
 	return out, err
 }
+
+// Services lists the services this node realises.
+func (c *Client) Services(ctx context.Context) ([]Service, error) {
+	var out []Service
+	err := c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
+	return out, err
+}
+
+// Service returns one service by "namespace/name" (or "name" in default).
+func (c *Client) Service(ctx context.Context, ref string) (Service, error) {
+	var out Service
+	err := c.do(ctx, http.MethodGet, "/v1/services/"+ref, nil, &out)
+	return out, err
+}
+
+// BPFLB dumps the load-balancing maps.
+func (c *Client) BPFLB(ctx context.Context) (BPFLB, error) {
+	var out BPFLB
+	err := c.do(ctx, http.MethodGet, "/v1/bpf/lb", nil, &out)
+	return out, err
+}

@@ -45,6 +45,9 @@ type Backend interface {
 	BPFTunnels(ctx context.Context) ([]BPFTunnelEntry, error)
 	BGPPeers(ctx context.Context) ([]BGPPeer, error)
 	BGPRoutes(ctx context.Context) ([]BGPRoute, error)
+	Services(ctx context.Context) ([]Service, error)
+	Service(ctx context.Context, ref string) (Service, error)
+	BPFLB(ctx context.Context) (BPFLB, error)
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -104,6 +107,9 @@ func NewHandler(b Backend, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/bpf/tunnel", without(h, b.BPFTunnels))
 	mux.HandleFunc("GET /v1/bgp/peers", without(h, b.BGPPeers))
 	mux.HandleFunc("GET /v1/bgp/routes", without(h, b.BGPRoutes))
+	mux.HandleFunc("GET /v1/services", without(h, b.Services))
+	mux.HandleFunc("GET /v1/services/{ref...}", withRef(h, b.Service))
+	mux.HandleFunc("GET /v1/bpf/lb", without(h, b.BPFLB))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)})
 	})

@@ -85,6 +85,14 @@ func (f *fakeBackend) BGPPeers(context.Context) ([]BGPPeer, error) {
 	return nil, &Error{Code: CodeNotFound, Message: "BGP is not enabled"}
 }
 func (f *fakeBackend) BGPRoutes(context.Context) ([]BGPRoute, error) { return nil, nil }
+func (f *fakeBackend) Services(context.Context) ([]Service, error)   { return nil, nil }
+func (f *fakeBackend) Service(_ context.Context, ref string) (Service, error) {
+	if ref == "default/web" {
+		return Service{Name: ref}, nil
+	}
+	return Service{}, &Error{Code: CodeNotFound, Message: "service " + ref + " not found"}
+}
+func (f *fakeBackend) BPFLB(context.Context) (BPFLB, error) { return BPFLB{}, nil }
 
 func startServer(t *testing.T, b Backend) *Client {
 	t.Helper()

@@ -87,6 +87,10 @@ type Endpoint struct {
 	HostIfIndex int               `json:"hostIfIndex"`
 	HostMAC     string            `json:"hostMAC"`
 	State       string            `json:"state"` // "ready", "restoring", "not-ready"
+	// Readiness is whether the workload takes new service connections:
+	// "" or "ready", "not-ready", "terminating" (set with PATCH; a
+	// backend that is not ready keeps its connections but gets no new ones).
+	Readiness string `json:"readiness,omitempty"`
 	Identity    uint32            `json:"identity"`
 	// PolicyEnforced says per direction whether policy selects the endpoint.
 	IngressEnforced bool      `json:"ingressEnforced"`
@@ -99,7 +103,16 @@ type Endpoint struct {
 type EndpointPatch struct {
 	Labels *map[string]string `json:"labels,omitempty"`
 	Ports  *[]NamedPort       `json:"ports,omitempty"`
+	// Readiness: "ready", "not-ready" or "terminating".
+	Readiness *string `json:"readiness,omitempty"`
 }
+
+// Endpoint readiness values (Endpoint.Readiness).
+const (
+	ReadinessReady       = "ready"
+	ReadinessNotReady    = "not-ready"
+	ReadinessTerminating = "terminating"
+)
 
 // CNIAddRequest is what the CNI plugin sends for ADD (POST /v1/cni/add).
 type CNIAddRequest struct {
@@ -409,4 +422,57 @@ type BGPRoute struct {
 	Local   bool   `json:"local"`
 	Peer    string `json:"peer,omitempty"`
 	Best    bool   `json:"best"`
+}
+
+// Service is a service as one node realises it (GET /v1/services).
+type Service struct {
+	Name      string            `json:"name"` // "namespace/name"
+	Frontends []ServiceFrontend `json:"frontends"`
+}
+
+// ServiceFrontend is one address, port and protocol of a service.
+type ServiceFrontend struct {
+	Kind            string           `json:"kind"` // ClusterIP or NodePort
+	Address         netip.AddrPort   `json:"address"`
+	Protocol        string           `json:"protocol"`
+	PortName        string           `json:"portName,omitempty"`
+	Algorithm       string           `json:"algorithm"`
+	AffinityTimeout time.Duration    `json:"affinityTimeout,omitempty"`
+	RevNatID        uint16           `json:"revNatID"`
+	Backends        []ServiceBackend `json:"backends"`
+}
+
+// ServiceBackend is one backend of a frontend.
+type ServiceBackend struct {
+	ID      uint32         `json:"id"`
+	Address netip.AddrPort `json:"address"`
+	Node    string         `json:"node,omitempty"`
+	Pod     string         `json:"pod,omitempty"`
+	State   string         `json:"state"` // active, not-ready, terminating
+}
+
+// BPFLB is a dump of the load-balancing maps (GET /v1/bpf/lb).
+type BPFLB struct {
+	Services []BPFLBService `json:"services"`
+	Backends []BPFLBBackend `json:"backends"`
+}
+
+// BPFLBService is one service port of mbr_lb4_services.
+type BPFLBService struct {
+	Frontend        netip.AddrPort `json:"frontend"`
+	Protocol        string         `json:"protocol"`
+	RevNatID        uint16         `json:"revNatID"`
+	Flags           []string       `json:"flags,omitempty"`
+	AffinityTimeout uint32         `json:"affinityTimeoutSeconds,omitempty"`
+	Backends        []uint32       `json:"backends"` // ids in slot order (active only)
+	// MaglevSlots counts the slots of each backend id in the Maglev table.
+	MaglevSlots map[uint32]int `json:"maglevSlots,omitempty"`
+}
+
+// BPFLBBackend is one entry of mbr_lb4_backends.
+type BPFLBBackend struct {
+	ID       uint32         `json:"id"`
+	Address  netip.AddrPort `json:"address"`
+	Protocol string         `json:"protocol"`
+	State    string         `json:"state"`
 }

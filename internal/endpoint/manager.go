@@ -551,6 +551,13 @@ func (m *Manager) Patch(ref string, p api.EndpointPatch) (api.Endpoint, error) {
 			return api.Endpoint{}, err
 		}
 	}
+	if p.Readiness != nil {
+		switch *p.Readiness {
+		case api.ReadinessReady, api.ReadinessNotReady, api.ReadinessTerminating:
+		default:
+			return api.Endpoint{}, fmt.Errorf("%w: readiness %q: want ready, not-ready or terminating", ErrInvalid, *p.Readiness)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ep, err := m.lookup(ref)
@@ -558,6 +565,12 @@ func (m *Manager) Patch(ref string, p api.EndpointPatch) (api.Endpoint, error) {
 		return api.Endpoint{}, err
 	}
 	next := cloneEndpoint(ep)
+	if p.Readiness != nil {
+		next.Readiness = *p.Readiness
+		if next.Readiness == api.ReadinessReady {
+			next.Readiness = ""
+		}
+	}
 	if p.Labels != nil {
 		next.Labels = copyLabels(*p.Labels)
 	}
@@ -568,7 +581,7 @@ func (m *Manager) Patch(ref string, p api.EndpointPatch) (api.Endpoint, error) {
 		return api.Endpoint{}, err
 	}
 	*ep = next
-	m.log.Info("endpoint updated", "id", ep.ID, "labels", ep.Labels, "ports", len(ep.Ports))
+	m.log.Info("endpoint updated", "id", ep.ID, "labels", ep.Labels, "ports", len(ep.Ports), "readiness", ep.Readiness)
 	return cloneEndpoint(ep), nil
 }
 

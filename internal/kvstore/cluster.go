@@ -13,6 +13,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/membrane-net/membrane/internal/api"
 )
 
 // NodeRecord is a node as the cluster sees it, under
@@ -34,6 +36,13 @@ type IPCacheRecord struct {
 	Identity uint32     `json:"identity"`
 	Node     string     `json:"node"`
 	NodeIP   netip.Addr `json:"nodeIP"`
+	// The workload behind the address, for service backends on other
+	// nodes: selectors match its labels, named target ports its ports.
+	Namespace string            `json:"namespace,omitempty"`
+	Pod       string            `json:"pod,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Ports     []api.NamedPort   `json:"ports,omitempty"`
+	Readiness string            `json:"readiness,omitempty"` // "", not-ready, terminating
 }
 
 // Key prefixes of the cluster state.
