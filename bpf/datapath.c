@@ -44,6 +44,7 @@
 #include "events.h"
 #include "tunnel.h"
 #include "lb.h"
+#include "nodeport.h"
 
 /* Router IPv4 address (first address of the node's pod CIDR, on mbr_host),
  * network byte order. Set by the loader through CollectionSpec.Variables. */
@@ -108,6 +109,8 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	enum ct_status ct;
+	struct lb4_nat *nat;
+	__u16 ct_flags;
 	int reason, overlay;
 
 	/* Truncated or malformed IPv4 header: drop. */
@@ -134,9 +137,16 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 		o->dst_identity = dst->identity;
 	}
 
-	ct = ct_lookup4(flow, len, now, &o->report);
+	ct = ct_lookup4(flow, len, now, &o->report, &ct_flags);
 	o->ct_state = ct + 1;
 	trace_packet(skb, o, MBR_OBS_FROM_ENDPOINT, MBR_DIR_EGRESS);
+
+	/* A reply to a NodePort client: from the frontend, out by the FIB. */
+	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_NODEPORT)) {
+		nat = nodeport_local_reply_state(flow);
+		if (nat)
+			return nodeport_reply_local4(skb, o, ETH_HLEN + ip4->ihl * 4, flow, nat);
+	}
 
 	/* Only the first packet of a connection meets policy. */
 	if (ct == CT_NEW) {
@@ -166,7 +176,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 		}
 		/* Never pass an untracked connection: its replies would be
 		 * judged as new connections of the peer. */
-		if (ct_create4(flow, src->identity, len, now) < 0)
+		if (ct_create4(flow, src->identity, len, now, 0) < 0)
 			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
 	}
 
@@ -253,13 +263,14 @@ static __always_inline int check_eth_ip4(struct ethhdr *eth, struct iphdr *ip4, 
 static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pkt_obs *o,
 						struct ethhdr *eth, struct iphdr *ip4,
 						struct endpoint_info *dst, __u8 obs_point,
-						__u32 wire_id)
+						__u32 wire_id, __u16 new_ct_flags)
 {
 	struct flow4 *flow = &o->flow;
 	__u32 peer_id, cidr_id, dst_ifindex;
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	enum ct_status ct;
+	__u16 ct_flags;
 	int reason;
 
 	o->dst_ep = dst->ep_id;
@@ -269,7 +280,7 @@ static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pk
 	if (parse_flow4(skb, ip4, flow) < 0)
 		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 
-	ct = ct_lookup4(flow, len, now, &o->report);
+	ct = ct_lookup4(flow, len, now, &o->report, &ct_flags);
 	o->ct_state = ct + 1;
 	trace_packet(skb, o, obs_point, MBR_DIR_INGRESS);
 
@@ -285,7 +296,7 @@ static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pk
 			if (reason != MBR_FORWARDED)
 				return drop_packet(skb, o, reason, MBR_DIR_INGRESS);
 		}
-		if (ct_create4(flow, peer_id, len, now) < 0)
+		if (ct_create4(flow, peer_id, len, now, new_ct_flags) < 0)
 			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
 	}
 
@@ -335,7 +346,7 @@ int from_host(struct __sk_buff *skb)
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
 	}
 	/* Source identity from the ipcache (the node's addresses are host). */
-	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_HOST, 0);
+	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_HOST, 0, 0);
 }
 
 SEC("tcx/ingress")
@@ -386,7 +397,161 @@ int from_overlay(struct __sk_buff *skb)
 	dst = lookup_endpoint4(ip4->daddr);
 	if (!dst)
 		return drop_packet(skb, &o, MBR_DROP_UNKNOWN_ENDPOINT, MBR_DIR_INGRESS);
-	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_OVERLAY, identity);
+	return ingress_to_endpoint4(skb, &o, eth, ip4, dst, MBR_OBS_FROM_OVERLAY, identity, 0);
+}
+
+/* NodePort from outside: a new connection to a NodePort frontend gets a
+ * backend (its Maglev slot for the client flow, or a random one), then
+ * every packet of it is translated the same way. */
+static __always_inline int nodeport_fwd4(struct __sk_buff *skb, struct pkt_obs *o, struct iphdr *ip4,
+					 struct lb4_service *svc)
+{
+	struct flow4 *f = &o->flow;
+	struct lb4_nat_key fk = {
+		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
+		.proto = f->protocol,
+	};
+	struct lb4_nat_key rk = { .proto = f->protocol, .dir = 1 };
+	struct lb4_nat fwd = {}, rev = {}, *cur;
+	struct endpoint_info *dst;
+	struct lb4_backend *b = NULL;
+	struct tunnel_value *tun;
+	struct ethhdr *eth;
+	void *data, *data_end;
+	__u32 l4_off = ETH_HLEN + ip4->ihl * 4;
+	__u32 backend_id = 0, hash, i, port;
+	__be32 new_saddr = f->saddr;
+	__be16 new_sport = f->sport;
+	int overlay;
+
+	cur = bpf_map_lookup_elem(&mbr_lb4_nat, &fk);
+	if (cur && bpf_map_lookup_elem(&mbr_lb4_backends, &cur->backend_id)) {
+		fwd = *cur;
+	} else {
+		hash = lb4_flow_hash(f->saddr, f->sport, f->dport, f->protocol);
+		b = lb4_select(svc, f->daddr, f->dport, f->protocol, f->saddr, 0, hash, 1, &backend_id);
+		if (!b)
+			return drop_packet(skb, o, MBR_DROP_NO_SERVICE_BACKEND, MBR_DIR_INGRESS);
+		fwd.addr = b->address;
+		fwd.port = b->port;
+		fwd.backend_id = backend_id;
+		rk.saddr = b->address;
+		rk.sport = b->port;
+		rev.nat_addr = f->daddr;
+		rev.nat_port = f->dport;
+		if (lookup_endpoint4(b->address)) {
+			/* Local backend: replies go back through from_container. */
+			rk.daddr = f->saddr;
+			rk.dport = f->sport;
+			if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_ANY) < 0)
+				return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+		} else {
+			/* Remote backend: a free SNAT port on this node address. */
+			rk.daddr = f->daddr;
+			rev.addr = f->saddr;
+			rev.port = f->sport;
+			for (i = 0; i < MBR_SNAT_RETRIES; i++) {
+				port = MBR_SNAT_PORT_MIN + (hash + i * 7919) % MBR_SNAT_PORT_COUNT;
+				rk.dport = bpf_htons((__u16)port);
+				if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_NOEXIST) == 0)
+					break;
+			}
+			if (i == MBR_SNAT_RETRIES)
+				return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+			fwd.nat_addr = f->daddr;
+			fwd.nat_port = rk.dport;
+		}
+		if (bpf_map_update_elem(&mbr_lb4_nat, &fk, &fwd, BPF_ANY) < 0)
+			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+	}
+	if (fwd.nat_port) {
+		new_saddr = fwd.nat_addr;
+		new_sport = fwd.nat_port;
+	}
+	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, new_saddr, f->daddr, fwd.addr,
+			f->sport, new_sport, f->dport, fwd.port) < 0)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	ip4 = (void *)(eth + 1);
+	if ((void *)(ip4 + 1) > data_end)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	obs_ip4(o, ip4->saddr, ip4->daddr, ip4->protocol);
+	dst = lookup_endpoint4(fwd.addr);
+	if (dst)
+		return ingress_to_endpoint4(skb, o, eth, ip4, dst, MBR_OBS_FROM_NETDEV, 0,
+					    MBR_CT_F_NODEPORT);
+	/* To the backend's node: through the overlay as the node itself, or
+	 * routed. */
+	overlay = overlay_for4(fwd.addr, &tun);
+	if (overlay < 0)
+		return drop_packet(skb, o, MBR_DROP_NO_TUNNEL, MBR_DIR_INGRESS);
+	if (overlay > 0 && tun)
+		return to_overlay4(skb, o, eth, ip4, tun, overlay, MBR_ID_REMOTE_NODE, NULL, 1,
+				   MBR_DIR_INGRESS);
+	return fib_redirect4(skb, o, MBR_DIR_INGRESS);
+}
+
+/* A remote backend's reply (state rev) to a NodePort connection: back to
+ * the client, from the frontend. */
+static __always_inline int nodeport_rev4(struct __sk_buff *skb, struct pkt_obs *o, __u32 l4_off,
+					 const struct lb4_nat *rev)
+{
+	struct flow4 *f = &o->flow;
+	__be32 caddr, faddr;
+	__be16 cport, fport;
+
+	caddr = rev->addr;
+	cport = rev->port;
+	faddr = rev->nat_addr;
+	fport = rev->nat_port;
+	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, faddr, f->daddr, caddr,
+			f->sport, fport, f->dport, cport) < 0)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+	return fib_redirect4(skb, o, MBR_DIR_EGRESS);
+}
+
+/* from_netdev: tcx ingress of the node's external devices. Only NodePort
+ * traffic and its replies are touched; everything else passes. */
+SEC("tcx/ingress")
+int from_netdev(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip4 = (void *)(eth + 1);
+	struct pkt_obs o = {};
+	struct lb4_service *svc;
+	struct lb4_nat *rev;
+	__u16 dport;
+
+	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (ip4->version != 4 || ip4->ihl < 5 ||
+	    (ip4->protocol != IPPROTO_TCP && ip4->protocol != IPPROTO_UDP) ||
+	    (ip4->frag_off & bpf_htons(MBR_IP_OFFSET)))
+		return TC_ACT_OK;
+	obs_init(&o, MBR_OBS_FROM_NETDEV);
+	obs_ip4(&o, ip4->saddr, ip4->daddr, ip4->protocol);
+	if (parse_flow4(skb, ip4, &o.flow) < 0)
+		return TC_ACT_OK;
+	dport = bpf_ntohs(o.flow.dport);
+	if (dport >= NODEPORT_MIN && dport <= NODEPORT_MAX) {
+		svc = lb4_lookup_service(o.flow.daddr, o.flow.dport, o.flow.protocol);
+		if (!svc || !(svc->flags & MBR_LB_F_NODEPORT))
+			return TC_ACT_OK;
+		return nodeport_fwd4(skb, &o, ip4, svc);
+	}
+	if (dport >= MBR_SNAT_PORT_MIN) { /* the SNAT ports run to 65535 */
+		/* The same key shape as a local reply's state; only a remote
+		 * backend's has a client address. */
+		rev = nodeport_local_reply_state(&o.flow);
+		if (rev && rev->addr)
+			return nodeport_rev4(skb, &o, ETH_HLEN + ip4->ihl * 4, rev);
+	}
+	return TC_ACT_OK;
 }
 
 /* ---- Socket-level service load balancing (cgroup hooks) ----

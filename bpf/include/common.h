@@ -124,6 +124,8 @@ struct ct_key {
 #define MBR_CT_F_TX_CLOSING 0x2 /* FIN (or RST) in the original direction */
 #define MBR_CT_F_RX_CLOSING 0x4 /* FIN (or RST) in the reply direction */
 #define MBR_CT_F_CLOSING    (MBR_CT_F_TX_CLOSING | MBR_CT_F_RX_CLOSING)
+#define MBR_CT_F_NODEPORT   0x8 /* a NodePort connection to a local backend: replies
+				     * get their source translated back (mbr_lb4_nat) */
 
 /* Value of the conntrack maps. 32 bytes. flags was a __u32 before the
  * *_flags_seen bytes were carved out of its upper half: the layout and size

@@ -131,7 +131,7 @@ static __always_inline int ct_restarts(const struct ct_entry *e, const struct fl
  * 1 for a packet to report at the default monitor level (a new connection,
  * its first reply, a new SYN, FIN or RST in a direction), else 0. */
 static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 len, __u64 now,
-						 __u8 *report)
+						 __u8 *report, __u16 *ct_flags)
 {
 	void *map = ct_map(f->protocol);
 	struct ct_entry *e;
@@ -141,22 +141,25 @@ static __always_inline enum ct_status ct_lookup4(const struct flow4 *f, __u32 le
 	e = bpf_map_lookup_elem(map, &key);
 	if (e && e->expires > now && !ct_restarts(e, f)) {
 		*report = ct_refresh(e, f, 0, len, now);
+		*ct_flags = e->flags;
 		return CT_ESTABLISHED;
 	}
 	ct_key4(&key, f, 1);
 	e = bpf_map_lookup_elem(map, &key);
 	if (e && e->expires > now) {
 		*report = ct_refresh(e, f, 1, len, now);
+		*ct_flags = e->flags;
 		return CT_REPLY;
 	}
 	*report = 1;
+	*ct_flags = 0;
 	return CT_NEW;
 }
 
 /* Create (or overwrite an expired) entry for the new connection of f.
  * Returns 0, or < 0 if the map refused it. */
 static __always_inline int ct_create4(const struct flow4 *f, __u32 src_identity, __u32 len,
-				      __u64 now)
+				      __u64 now, __u16 init_flags)
 {
 	struct ct_entry e = {
 		.tx_flags_seen = f->tcp_flags,
@@ -165,7 +168,7 @@ static __always_inline int ct_create4(const struct flow4 *f, __u32 src_identity,
 		.bytes = len,
 	};
 	struct ct_key key;
-	__u32 flags = 0;
+	__u32 flags = init_flags;
 
 	e.expires = now + ct_advance(&flags, f, 0);
 	e.flags = flags;

@@ -157,6 +157,40 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mbr_lb4_sk_fwd SEC(".maps");
 
+/* NodePort translation state (packet path). A forward entry (dir 0) keys
+ * a client's connection to a NodePort frontend and holds its backend and,
+ * for a backend on another node, the source port the node translated the
+ * client to (SNAT). Reverse entries (dir 1) key the backend's replies: for
+ * a remote backend (backend -> node IP:SNAT port) they give the client to
+ * send to and the frontend to appear from; for a local backend (backend ->
+ * client) just the frontend. 16 bytes each. */
+struct lb4_nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;        /* 0: client to frontend, 1: backend reply */
+	__u8 pad[2];
+};
+
+struct lb4_nat {
+	__be32 addr;     /* fwd: backend; rev (remote backend): client */
+	__be32 nat_addr; /* fwd: node address of the SNAT, 0 if none; rev: frontend address */
+	__be16 port;     /* as addr */
+	__be16 nat_port; /* fwd: SNAT port, 0 if none; rev: frontend port */
+	__u32 backend_id;
+};
+
+/* mbr_lb4_nat: NodePort connections (forward and reverse entries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_nat_key);
+	__type(value, struct lb4_nat);
+	__uint(max_entries, MBR_LB_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mbr_lb4_nat SEC(".maps");
+
 /* Template of one service port's Maglev table: one entry holding the
  * backend id of every slot. The agent sets the value size (4 x table size)
  * at load and creates one per Maglev service port. */
@@ -178,6 +212,32 @@ struct {
 
 /* Slots of every Maglev table: set by the agent at load (a prime). */
 volatile const __u32 LB_MAGLEV_SIZE = MBR_LB_MAGLEV_SIZE;
+/* The NodePort range (host byte order), set by the agent at load. */
+volatile const __u16 NODEPORT_MIN = 30000;
+volatile const __u16 NODEPORT_MAX = 32767;
+/* Source ports for NodePort connections to backends on other nodes: above
+ * Linux's default ephemeral range, so they never meet the node's own
+ * sockets. */
+#define MBR_SNAT_PORT_MIN 61000
+#define MBR_SNAT_PORT_COUNT 4536
+#define MBR_SNAT_RETRIES 8
+
+/* A flow hash that is the same on every node for the same client flow (so
+ * Maglev picks the same backend wherever it arrives): client address and
+ * port, frontend port and protocol, not the node address. */
+static __always_inline __u32 lb4_flow_hash(__be32 saddr, __be16 sport, __be16 dport, __u8 proto)
+{
+	__u32 h = saddr * 0x9e3779b1u;
+
+	h ^= (((__u32)sport << 16) | dport) * 0x85ebca77u;
+	h ^= proto;
+	h ^= h >> 15;
+	h *= 0x2c1b3c6du;
+	h ^= h >> 12;
+	h *= 0x297a2d39u;
+	h ^= h >> 15;
+	return h;
+}
 
 static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be16 port, __u8 proto)
 {

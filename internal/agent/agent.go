@@ -130,6 +130,7 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	if err := link.EnsureBPFFS(filepath.Dir(a.cfg.BPFRoot)); err != nil {
 		return err
 	}
+	npMin, npMax, _ := a.cfg.NodePorts()
 	dp, err := loader.Load(loader.Config{
 		PinDir:          a.cfg.PinDir(),
 		RouterIPv4:      a.router,
@@ -144,6 +145,8 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		RoutingMode:     a.cfg.RoutingMode,
 		LBMapSize:       a.cfg.LBMapSize,
 		LBMaglevSize:    a.cfg.LBMaglevSize,
+		NodePortMin:     npMin,
+		NodePortMax:     npMax,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -157,6 +160,9 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 	}
 	if err := dp.AttachHost(link.NetDevice, hd.NetIfIndex); err != nil {
 		return fmt.Errorf("attach from-host program to %s: %w", link.NetDevice, err)
+	}
+	if err := a.attachNodePort(); err != nil {
+		return err
 	}
 	podMTU := a.cfg.MTU
 	if a.cfg.RoutingMode == "vxlan" {

@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/membrane-net/membrane/internal/datapath/link"
 )
 
 // defaultCgroup2Mount is where the agent mounts cgroup v2 when the machine
@@ -41,4 +43,30 @@ func (c Config) cgroupRoot() (string, error) {
 		return "", fmt.Errorf("mount cgroup v2 at %s for the socket hooks: %w", defaultCgroup2Mount, err)
 	}
 	return defaultCgroup2Mount, nil
+}
+
+// attachNodePort attaches from_netdev to --nodeport-devices, or to the
+// device holding the node IP. A node without such a device (a single node
+// whose only address is its router IP) answers NodePorts only locally.
+func (a *Agent) attachNodePort() error {
+	devs := a.cfg.NodePortDevices
+	if len(devs) == 0 {
+		name, _, ok := link.ExternalDevice(a.nodeIP)
+		if !ok {
+			a.log.Info("no external device holds the node IP; NodePorts answer only on this node", "nodeIP", a.nodeIP)
+			return nil
+		}
+		devs = []string{name}
+	}
+	for _, d := range devs {
+		idx, err := link.DeviceIndex(d)
+		if err != nil {
+			return fmt.Errorf("--nodeport-devices: %w", err)
+		}
+		if err := a.dp.AttachNetdev(d, idx); err != nil {
+			return fmt.Errorf("attach NodePort program to %s: %w", d, err)
+		}
+		a.log.Info("NodePort program attached", "device", d)
+	}
+	return nil
 }

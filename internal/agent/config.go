@@ -266,8 +266,8 @@ func (c Config) NodePorts() (lo, hi uint16, err error) {
 	a, b, ok := strings.Cut(c.NodePortRange, "-")
 	x, err1 := strconv.ParseUint(a, 10, 16)
 	y, err2 := strconv.ParseUint(b, 10, 16)
-	if !ok || err1 != nil || err2 != nil || x == 0 || x > y {
-		return 0, 0, fmt.Errorf("--nodeport-range %q: want LOW-HIGH, 1 ≤ LOW ≤ HIGH ≤ 65535", c.NodePortRange)
+	if !ok || err1 != nil || err2 != nil || x == 0 || x > y || y >= 61000 {
+		return 0, 0, fmt.Errorf("--nodeport-range %q: want LOW-HIGH, 1 ≤ LOW ≤ HIGH < 61000 (61000-65535 are the NodePort SNAT ports)", c.NodePortRange)
 	}
 	return uint16(x), uint16(y), nil
 }

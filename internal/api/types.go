@@ -91,7 +91,7 @@ type Endpoint struct {
 	// "" or "ready", "not-ready", "terminating" (set with PATCH; a
 	// backend that is not ready keeps its connections but gets no new ones).
 	Readiness string `json:"readiness,omitempty"`
-	Identity    uint32            `json:"identity"`
+	Identity  uint32 `json:"identity"`
 	// PolicyEnforced says per direction whether policy selects the endpoint.
 	IngressEnforced bool      `json:"ingressEnforced"`
 	EgressEnforced  bool      `json:"egressEnforced"`

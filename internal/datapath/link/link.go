@@ -429,3 +429,38 @@ func EnableForwarding() error {
 	}
 	return nil
 }
+
+// ExternalDevice returns the interface that holds ip, unless it is one of
+// Membrane's own (mbr_*, lxc*) or loopback: the device where traffic from
+// other hosts arrives.
+func ExternalDevice(ip netip.Addr) (name string, ifindex int, ok bool) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return "", 0, false
+	}
+	for _, l := range links {
+		n := l.Attrs().Name
+		if strings.HasPrefix(n, "mbr_") || strings.HasPrefix(n, "lxc") || l.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+				return n, l.Attrs().Index, true
+			}
+		}
+	}
+	return "", 0, false
+}
+
+// DeviceIndex returns the ifindex of a named interface.
+func DeviceIndex(name string) (int, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("interface %q: %w", name, err)
+	}
+	return l.Attrs().Index, nil
+}

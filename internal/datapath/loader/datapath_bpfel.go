@@ -119,6 +119,26 @@ type datapathLb4Key struct {
 	Pad     [3]uint8
 }
 
+type datapathLb4Nat struct {
+	_         structs.HostLayout
+	Addr      uint32
+	NatAddr   uint32
+	Port      uint16
+	NatPort   uint16
+	BackendId uint32
+}
+
+type datapathLb4NatKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   [2]uint8
+}
+
 type datapathLb4Revnat struct {
 	_       structs.HostLayout
 	Address uint32
@@ -207,6 +227,7 @@ const (
 	datapathMapMbrEventsLost               = "mbr_events_lost"
 	datapathMapMbrIpcache                  = "mbr_ipcache"
 	datapathMapMbrLb4Backends              = "mbr_lb4_backends"
+	datapathMapMbrLb4Nat                   = "mbr_lb4_nat"
 	datapathMapMbrLb4Revnat                = "mbr_lb4_revnat"
 	datapathMapMbrLb4Services              = "mbr_lb4_services"
 	datapathMapMbrLb4SkFwd                 = "mbr_lb4_sk_fwd"
@@ -218,6 +239,7 @@ const (
 	datapathMapMbrTunnel                   = "mbr_tunnel"
 	datapathProgFromContainer              = "from_container"
 	datapathProgFromHost                   = "from_host"
+	datapathProgFromNetdev                 = "from_netdev"
 	datapathProgFromOverlay                = "from_overlay"
 	datapathProgSockConnect4               = "sock_connect4"
 	datapathProgSockGetpeername4           = "sock_getpeername4"
@@ -228,6 +250,8 @@ const (
 	datapathVarCT_LIFETIME_TCP_ESTABLISHED = "CT_LIFETIME_TCP_ESTABLISHED"
 	datapathVarCT_LIFETIME_TCP_SYN         = "CT_LIFETIME_TCP_SYN"
 	datapathVarLB_MAGLEV_SIZE              = "LB_MAGLEV_SIZE"
+	datapathVarNODEPORT_MAX                = "NODEPORT_MAX"
+	datapathVarNODEPORT_MIN                = "NODEPORT_MIN"
 	datapathVarROUTER_IP4                  = "ROUTER_IP4"
 )
 
@@ -275,6 +299,7 @@ type datapathSpecs struct {
 type datapathProgramSpecs struct {
 	FromContainer    *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromHost         *ebpf.ProgramSpec `ebpf:"from_host"`
+	FromNetdev       *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	SockConnect4     *ebpf.ProgramSpec `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.ProgramSpec `ebpf:"sock_getpeername4"`
@@ -294,6 +319,7 @@ type datapathMapSpecs struct {
 	MbrEventsLost  *ebpf.MapSpec `ebpf:"mbr_events_lost"`
 	MbrIpcache     *ebpf.MapSpec `ebpf:"mbr_ipcache"`
 	MbrLb4Backends *ebpf.MapSpec `ebpf:"mbr_lb4_backends"`
+	MbrLb4Nat      *ebpf.MapSpec `ebpf:"mbr_lb4_nat"`
 	MbrLb4Revnat   *ebpf.MapSpec `ebpf:"mbr_lb4_revnat"`
 	MbrLb4Services *ebpf.MapSpec `ebpf:"mbr_lb4_services"`
 	MbrLb4SkFwd    *ebpf.MapSpec `ebpf:"mbr_lb4_sk_fwd"`
@@ -314,6 +340,8 @@ type datapathVariableSpecs struct {
 	CT_LIFETIME_TCP_ESTABLISHED *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
 	CT_LIFETIME_TCP_SYN         *ebpf.VariableSpec `ebpf:"CT_LIFETIME_TCP_SYN"`
 	LB_MAGLEV_SIZE              *ebpf.VariableSpec `ebpf:"LB_MAGLEV_SIZE"`
+	NODEPORT_MAX                *ebpf.VariableSpec `ebpf:"NODEPORT_MAX"`
+	NODEPORT_MIN                *ebpf.VariableSpec `ebpf:"NODEPORT_MIN"`
 	ROUTER_IP4                  *ebpf.VariableSpec `ebpf:"ROUTER_IP4"`
 }
 
@@ -345,6 +373,7 @@ type datapathMaps struct {
 	MbrEventsLost  *ebpf.Map `ebpf:"mbr_events_lost"`
 	MbrIpcache     *ebpf.Map `ebpf:"mbr_ipcache"`
 	MbrLb4Backends *ebpf.Map `ebpf:"mbr_lb4_backends"`
+	MbrLb4Nat      *ebpf.Map `ebpf:"mbr_lb4_nat"`
 	MbrLb4Revnat   *ebpf.Map `ebpf:"mbr_lb4_revnat"`
 	MbrLb4Services *ebpf.Map `ebpf:"mbr_lb4_services"`
 	MbrLb4SkFwd    *ebpf.Map `ebpf:"mbr_lb4_sk_fwd"`
@@ -366,6 +395,7 @@ func (m *datapathMaps) Close() error {
 		m.MbrEventsLost,
 		m.MbrIpcache,
 		m.MbrLb4Backends,
+		m.MbrLb4Nat,
 		m.MbrLb4Revnat,
 		m.MbrLb4Services,
 		m.MbrLb4SkFwd,
@@ -387,6 +417,8 @@ type datapathVariables struct {
 	CT_LIFETIME_TCP_ESTABLISHED *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_ESTABLISHED"`
 	CT_LIFETIME_TCP_SYN         *ebpf.Variable `ebpf:"CT_LIFETIME_TCP_SYN"`
 	LB_MAGLEV_SIZE              *ebpf.Variable `ebpf:"LB_MAGLEV_SIZE"`
+	NODEPORT_MAX                *ebpf.Variable `ebpf:"NODEPORT_MAX"`
+	NODEPORT_MIN                *ebpf.Variable `ebpf:"NODEPORT_MIN"`
 	ROUTER_IP4                  *ebpf.Variable `ebpf:"ROUTER_IP4"`
 }
 
@@ -396,6 +428,7 @@ type datapathVariables struct {
 type datapathPrograms struct {
 	FromContainer    *ebpf.Program `ebpf:"from_container"`
 	FromHost         *ebpf.Program `ebpf:"from_host"`
+	FromNetdev       *ebpf.Program `ebpf:"from_netdev"`
 	FromOverlay      *ebpf.Program `ebpf:"from_overlay"`
 	SockConnect4     *ebpf.Program `ebpf:"sock_connect4"`
 	SockGetpeername4 *ebpf.Program `ebpf:"sock_getpeername4"`
@@ -407,6 +440,7 @@ func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
 		p.FromHost,
+		p.FromNetdev,
 		p.FromOverlay,
 		p.SockConnect4,
 		p.SockGetpeername4,

@@ -78,6 +78,8 @@ type Config struct {
 	TunnelMapSize   uint32     // 0 = default 65536, remote pod CIDRs
 	LBMapSize       uint32     // 0 = default 65536: services, backends, reverse NAT, affinity
 	LBMaglevSize    uint32     // 0 = default 1021: slots of each Maglev table (a prime)
+	NodePortMin     uint16     // 0 = default 30000: NodePort range answered by from_netdev
+	NodePortMax     uint16     // 0 = default 32767
 	CTTimeouts      CTTimeouts // zero fields = defaults
 	// EventsRingSize is the size in bytes of the flow event ring buffer:
 	// 0 = default 4 MiB, else a power of two and a multiple of the page
@@ -163,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := routingModeValue(c.RoutingMode); err != nil {
 		return err
+	}
+	if c.NodePortMin > c.NodePortMax || (c.NodePortMax != 0 && c.NodePortMax >= 61000) {
+		return fmt.Errorf("NodePort range %d-%d: want LOW ≤ HIGH < 61000 (61000-65535 are the NodePort SNAT ports)", c.NodePortMin, c.NodePortMax)
 	}
 	if c.LBMaglevSize != 0 && !ValidMaglevSize(c.LBMaglevSize) {
 		return fmt.Errorf("Maglev table size %d: want one of %v", c.LBMaglevSize, MaglevSizes)
@@ -280,6 +285,16 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	maglev.ValueSize = 4 * cfg.lbMaglevSize()
 	if err := spec.Variables[datapathVarLB_MAGLEV_SIZE].Set(cfg.lbMaglevSize()); err != nil {
 		return nil, fmt.Errorf("load datapath: set LB_MAGLEV_SIZE: %w", err)
+	}
+	npMin, npMax := cfg.NodePortMin, cfg.NodePortMax
+	if npMin == 0 && npMax == 0 {
+		npMin, npMax = 30000, 32767
+	}
+	if err := spec.Variables[datapathVarNODEPORT_MIN].Set(npMin); err != nil {
+		return nil, fmt.Errorf("load datapath: set NODEPORT_MIN: %w", err)
+	}
+	if err := spec.Variables[datapathVarNODEPORT_MAX].Set(npMax); err != nil {
+		return nil, fmt.Errorf("load datapath: set NODEPORT_MAX: %w", err)
 	}
 
 	if err := replaceIncompatiblePin(spec, cfg.PinDir, datapathMapMbrEvents, log); err != nil {
@@ -416,6 +431,12 @@ func (d *Datapath) Close() error {
 // AttachHost attaches from_host at tcx ingress of ifname (mbr_net).
 func (d *Datapath) AttachHost(ifname string, ifindex int) error {
 	return d.attach(d.objs.FromHost, datapathProgFromHost, "host_", ifname, ifindex)
+}
+
+// AttachNetdev attaches from_netdev (NodePort from other hosts) at tcx
+// ingress of an external device of the node.
+func (d *Datapath) AttachNetdev(ifname string, ifindex int) error {
+	return d.attach(d.objs.FromNetdev, datapathProgFromNetdev, "netdev_", ifname, ifindex)
 }
 
 // AttachEndpoint attaches from_container at tcx ingress of an endpoint's
