@@ -155,6 +155,10 @@ func StartEmbedded(ctx context.Context, dir string, opts EmbeddedOptions, log *s
 	cfg.AdvertisePeerUrls = []url.URL{pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
 	cfg.LogLevel = opts.LogLevel
+	// One `membrane apply` is one transaction: allow manifests of up to
+	// MaxApplyObjects objects (etcd's default is 128 operations).
+	cfg.MaxTxnOps = 2 * MaxApplyObjects
+	cfg.MaxRequestBytes = 8 << 20
 	cfg.Logger = "zap"
 	cfg.LogOutputs = []string{opts.LogOutput}
 	e, err := embed.StartEtcd(cfg)

@@ -50,6 +50,11 @@ func (s *ResourceStore) key(r Ref) string {
 	return s.prefix + strings.ToLower(r.Kind) + "/" + ns + "/" + r.Name
 }
 
+// MaxApplyObjects is the most objects one Apply or Delete stores (one etcd
+// transaction; the embedded etcd allows twice as many operations; an
+// external etcd needs --max-txn-ops of at least that).
+const MaxApplyObjects = 2048
+
 // Result of Apply/Delete.
 type Change struct {
 	Ref    Ref    `json:"ref"`
@@ -60,6 +65,9 @@ type Change struct {
 // object whether it was created, configured or unchanged, and returns the
 // store revision after the write.
 func (s *ResourceStore) Apply(ctx context.Context, objs []policy.Object) ([]Change, int64, error) {
+	if len(objs) > MaxApplyObjects {
+		return nil, 0, fmt.Errorf("%d objects in one apply; at most %d are stored in one transaction: split the manifest", len(objs), MaxApplyObjects)
+	}
 	keys := make([]string, len(objs))
 	vals := make([]string, len(objs))
 	for i := range objs {
@@ -112,6 +120,9 @@ func (s *ResourceStore) Apply(ctx context.Context, objs []policy.Object) ([]Chan
 
 // Delete removes the referenced resources in one transaction.
 func (s *ResourceStore) Delete(ctx context.Context, refs []Ref) ([]Change, int64, error) {
+	if len(refs) > MaxApplyObjects {
+		return nil, 0, fmt.Errorf("%d objects in one delete; at most %d are deleted in one transaction: split the manifest", len(refs), MaxApplyObjects)
+	}
 	var ops []clientv3.Op
 	for _, r := range refs {
 		ops = append(ops, clientv3.OpDelete(s.key(r)))

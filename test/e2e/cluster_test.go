@@ -106,7 +106,7 @@ func TestClusterVXLAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		attacker := attachToFabric(t, l, "172.30.0.250/24")
+		attacker := attachToFabric(t, l, "172.30.0.240/24")
 		b := pods["b"]
 		// A plain VXLAN device with VNI 1 (reserved:host) pointed at node2,
 		// and a route to pod b through it.
