@@ -114,9 +114,15 @@ attached through the real membrane-cni plugin (invoked with libcni, as a
 container runtime would). Every pod runs a small traffic server, so that
 reachability between pods can be measured with 'membrane lab probe'.
 
+Every node and pod also gets its own cgroup v2 directory (below
+membrane-lab-<name>/ in /sys/fs/cgroup if that is cgroup v2, else in a
+cgroup2 mount of the lab's at /run/membrane-lab/<name>/cgroup2); each agent
+gets its node's as --cgroup-root, pod servers and 'lab exec' commands run
+in their pod's, so cgroup programs act per node as on separate machines.
+
 The lab never touches the machine's own interfaces or routes, and
-'membrane lab down' removes every namespace, process, BPF pin and file it
-made. Several labs can run side by side under different --name values.
+'membrane lab down' removes every namespace, process, BPF pin, cgroup,
+mount and file it made. Several labs can run side by side under different --name values.
 Needs root.
 
 With 'lab up --nodes N --mode vxlan|native' the lab is a multi-node cluster
@@ -141,7 +147,7 @@ to this executable, else in $PATH; 'lab up --bin-dir' overrides.`,
 	cmd.PersistentFlags().StringVar(&f.dir, "dir", "", "lab directory (default "+lab.DefaultBaseDir+"/<name>)")
 	cmd.AddCommand(
 		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabPodCmd(f),
-		newLabExecCmd(f), newLabProbeCmd(f), newLabAgentCmd(f), newLabServeCmd(),
+		newLabExecCmd(f), newLabDialCmd(), newLabProbeCmd(f), newLabAgentCmd(f), newLabServeCmd(),
 		newLabNodeCmd(f), newLabRouterCmd(f), newLabEtcdCmd(f), newLabEtcdServeCmd(),
 	)
 	return cmd
@@ -166,7 +172,12 @@ external: three etcd members at .2, .3, .4), and agents that allocate their
 pod CIDRs from --cluster-cidr. --mode vxlan tunnels pod traffic between
 node IPs; --mode native adds a router namespace (.1) running bird2 that
 peers with every agent over eBGP (router AS 64512, node i AS 64600+i) and
-routes the pod CIDRs it learns. --pod-cidr is then not used.`,
+routes the pod CIDRs it learns. --pod-cidr is then not used. An external
+host (mbr-<name>-ext, .250 on the fabric, the last address in a /25) has
+no route to the pods: 'lab exec ext -- ...' tests NodePorts from outside.
+
+Each node's agent gets --cgroup-root with the node's own cgroup v2
+directory (see 'membrane lab --help').`,
 		Example: `  membrane lab up
   membrane lab up --name blue --pod-cidr 10.201.1.0/24 --bin-dir ./bin
   membrane lab up --name multi --nodes 3 --mode vxlan
@@ -226,6 +237,9 @@ routes the pod CIDRs it learns. --pod-cidr is then not used.`,
 			for _, n := range nodes {
 				fmt.Fprintf(cmd.OutOrStdout(), "  %s  ip %s  pod CIDR %s  (netns %s)\n", n.Name, n.IP, n.PodCIDR, n.Netns)
 			}
+			if e, ok := l.Ext(); ok {
+				fmt.Fprintf(cmd.OutOrStdout(), "  ext    ip %s  no route to pods  (netns %s; membrane lab exec ext -- ...)\n", e.IP, e.Netns)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "next: membrane lab pod add NAME --node %s --name %s\n", nodes[0].Name, l.Name())
 			return nil
 		},
@@ -250,7 +264,8 @@ func newLabDownCmd(f *labFlags) *cobra.Command {
 		Use:   "down",
 		Short: "Remove a lab and everything it made",
 		Long: `Stop the traffic servers, detach every pod with CNI DEL, stop the agent,
-delete the pod and node namespaces, remove the node's BPF pin directory and
+delete the pod and node namespaces, remove the node's BPF pin directory,
+the lab's cgroups (killing anything still in them), its cgroup2 mount and
 the lab directory. Best effort and idempotent: it carries on past errors,
 reports them at the end, and can be run again. Also cleans up after a
 crashed run whose state file is missing.`,
@@ -299,7 +314,11 @@ func renderLabStatus(w io.Writer, st lab.Status) error {
 		return renderClusterStatus(w, st)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "Lab:\t%s (%s, up since %s)\n\n", st.Name, st.Dir, st.CreatedAt.Local().Format(time.DateTime))
+	fmt.Fprintf(tw, "Lab:\t%s (%s, up since %s)\n", st.Name, st.Dir, st.CreatedAt.Local().Format(time.DateTime))
+	if st.CgroupRoot != "" {
+		fmt.Fprintf(tw, "Cgroups:\t%s\n", st.CgroupRoot)
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NODE\tNETNS\tAGENT\tAPI\tENDPOINTS\tSOCKET")
 	for _, n := range st.Nodes {
 		agent := fmt.Sprintf("pid %d", n.Agent.PID)
@@ -332,6 +351,16 @@ func renderClusterStatus(w io.Writer, st lab.Status) error {
 	}
 	if r := st.Router; r != nil {
 		fmt.Fprintf(tw, "Router:\t%s %s (netns %s) %s\n", r.Name, r.Address, r.Netns, procState(*r))
+	}
+	if e := st.Ext; e != nil {
+		state := ""
+		if !e.NetnsPresent {
+			state = " NETNS MISSING"
+		}
+		fmt.Fprintf(tw, "External host:\text %s (netns %s, cgroup %s)%s\n", e.IP, e.Netns, orDash(e.Cgroup), state)
+	}
+	if st.CgroupRoot != "" {
+		fmt.Fprintf(tw, "Cgroups:\t%s (a subtree per node)\n", st.CgroupRoot)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NODE\tIP\tPOD CIDR\tAGENT\tAPI\tKVSTORE\tENDPOINTS\tNETNS")
@@ -518,12 +547,28 @@ address and 127.0.0.1. On failure the pod is rolled back.`,
 
 func newLabExecCmd(f *labFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "exec POD -- COMMAND [ARG...]",
-		Short: "Run a command inside a pod's network namespace",
-		Long: `Run a command inside a pod's network namespace (ip netns exec). POD is
-NAMESPACE/NAME, or a NAME that is unique across namespaces.`,
+		Use:   "exec TARGET -- COMMAND [ARG...]",
+		Short: "Run a command in a pod's, node's or the external host's namespace and cgroup",
+		Long: `Run a command inside a target's network namespace (ip netns exec) and its
+cgroup v2 directory: the process is created in the cgroup, so the cgroup
+programs of the target's node (socket-level service translation) apply to
+it from its first socket on.
+
+TARGET is one of:
+  ext                 the external host of a multi-node lab (a namespace on
+                      the fabric that reaches the node IPs only)
+  NODE                a node, e.g. node1 (the node's namespace, the agent's
+                      cgroup root)
+  NAMESPACE/NAME      a pod; NAME alone if it is unique across namespaces
+The prefixes pod:, node: and ext: force the kind (pod:node1 is a pod named
+node1).
+
+The exit status is non-zero when the command fails.`,
 		Example: `  membrane lab exec web -- ip addr
   membrane lab exec prod/db -- ping -c1 10.200.1.2
+  membrane lab exec web -- cat /proc/self/cgroup
+  membrane lab exec node2 -- ip route
+  membrane lab exec ext -- membrane lab dial --count 10 172.30.0.11:30080
   membrane lab exec web -- sh -c 'echo hi | nc -q1 10.200.1.3 8080'`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -533,7 +578,7 @@ NAMESPACE/NAME, or a NAME that is unique across namespaces.`,
 			}
 			ctx, cancel := labContext(cmd)
 			defer cancel()
-			err = l.Exec(ctx, args[0], args[1:], lab.Stdio{Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()})
+			err = l.ExecStdio(ctx, args[0], args[1:], lab.Stdio{Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()})
 			var ee interface{ ExitCode() int }
 			if errors.As(err, &ee) {
 				return fmt.Errorf("command exited with status %d: %w", ee.ExitCode(), err)
@@ -541,6 +586,64 @@ NAMESPACE/NAME, or a NAME that is unique across namespaces.`,
 			return err
 		},
 	}
+}
+
+func newLabDialCmd() *cobra.Command {
+	spec := lab.DialSpec{}
+	cmd := &cobra.Command{
+		Use:   "dial IP:PORT",
+		Short: "Connect to an address N times and report which pod answered each time",
+		Long: `Connect to IP:PORT --count times, one attempt after another, each within
+--timeout, from this process's network namespace and cgroup: run it through
+'membrane lab exec POD|NODE|ext -- membrane lab dial ...' to test services
+from a pod, a node or the external host. Needs no lab and no root.
+
+tcp: every attempt opens a new connection, sends "dial SEQ" and expects
+the lab's traffic server to answer "NAMESPACE/NAME dial SEQ".
+udp: every attempt opens a new connected socket and sends "whoami TOKEN"
+(resent every 300 ms within the timeout); the lab's server answers
+"NAMESPACE/NAME whoami TOKEN". With --reuse-udp one unconnected socket
+sends every datagram, and each line shows the address the reply came from
+(from=), which must be the address dialled when a service translates it.
+--peer shows getpeername() of each connected socket (peer=).
+
+Output: one line per attempt, then a summary:
+  seq=1 result=ok answer=default/web-1 peer=10.96.0.10:80 time=412µs
+  seq=2 result=fail error="connect 10.96.0.10:80: operation not permitted" time=31µs
+  summary proto=tcp target=10.96.0.10:80 attempts=2 ok=1 failed=1 answers=default/web-1=1
+(-o json prints the same as JSON.) The exit status is non-zero if any
+attempt failed.`,
+		Example: `  membrane lab exec client -- membrane lab dial --count 20 10.96.0.10:8080
+  membrane lab exec client -- membrane lab dial --proto udp --reuse-udp --count 5 10.96.0.10:9090
+  membrane lab exec ext -- membrane lab dial --peer 172.30.0.11:30080`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := netip.ParseAddrPort(args[0])
+			if err != nil {
+				return fmt.Errorf("target %q: want IP:PORT: %w", args[0], err)
+			}
+			spec.Target = t
+			ctx, cancel := labContext(cmd)
+			defer cancel()
+			rep, err := lab.Dial(ctx, spec)
+			if err != nil {
+				return err
+			}
+			if err := renderOut(cmd, rep, rep.Render); err != nil {
+				return err
+			}
+			if rep.Failed > 0 {
+				return fmt.Errorf("dial %s: %d of %d attempts failed (first: %s)", rep.Target, rep.Failed, len(rep.Attempts), rep.FirstError())
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&spec.Proto, "proto", "tcp", "tcp or udp")
+	cmd.Flags().IntVar(&spec.Count, "count", 1, fmt.Sprintf("attempts (1-%d)", lab.MaxDialCount))
+	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultDialTimeout, "timeout per attempt")
+	cmd.Flags().BoolVar(&spec.ReuseUDP, "reuse-udp", false, "udp: send every datagram from one unconnected socket and show each reply's source address")
+	cmd.Flags().BoolVar(&spec.Peer, "peer", false, "show getpeername() of each connected socket")
+	return cmd
 }
 
 func newLabProbeCmd(f *labFlags) *cobra.Command {

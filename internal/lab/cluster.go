@@ -33,6 +33,14 @@ var ErrSingleNode = errors.New("lab is single-node (created without --mode/--nod
 // planCluster fills in the fabric, router, etcd and the first n nodes.
 func (st *state) planCluster(n int) error {
 	st.FabricNetns = fabricNetnsName(st.Name)
+	extIP, err := fabricAddr(st.NodeCIDR, min(extOffset, 1<<(32-st.NodeCIDR.Bits())-2))
+	if err != nil {
+		return err
+	}
+	st.Ext = &ExtHost{Netns: extNetnsName(st.Name), IP: extIP}
+	if st.CgroupRoot != "" {
+		st.Ext.Cgroup = filepath.Join(st.CgroupRoot, cgroupExtDir)
+	}
 	if st.Mode == ModeNative {
 		ip, err := fabricAddr(st.NodeCIDR, routerOffset)
 		if err != nil {
@@ -87,6 +95,9 @@ func (st *state) planNode(i int) (Node, error) {
 	if err != nil {
 		return Node{}, err
 	}
+	if st.Ext != nil && ip == st.Ext.IP {
+		return Node{}, fmt.Errorf("node %d: fabric address %s is the external host's", i, ip)
+	}
 	name := nodeName(i)
 	n := Node{
 		Name:      name,
@@ -95,6 +106,7 @@ func (st *state) planNode(i int) (Node, error) {
 		Dir:       filepath.Join(st.Dir, name),
 		Index:     i,
 		IP:        ip,
+		Cgroup:    st.nodeCgroup(name),
 	}
 	n.Socket = filepath.Join(n.Dir, "agent.sock")
 	n.LogPath = filepath.Join(n.Dir, "agent.log")
@@ -117,6 +129,9 @@ func (st *state) ownedNetns() []string {
 	for _, m := range st.EtcdMembers {
 		out = append(out, m.Netns)
 	}
+	if st.Ext != nil {
+		out = append(out, st.Ext.Netns)
+	}
 	for _, n := range st.Nodes {
 		out = append(out, n.Netns)
 	}
@@ -136,7 +151,7 @@ func (st *state) leftover() string {
 			return n.PinDir
 		}
 	}
-	return ""
+	return st.cgroupLeftover()
 }
 
 // etcdEndpoints are the client URLs the agents get.
@@ -158,6 +173,9 @@ func (st *state) etcdEndpoints() []string {
 func (l *Lab) buildCluster(ctx context.Context) error {
 	l.log.Info("creating fabric", "netns", l.st.FabricNetns, "prefix", l.st.NodeCIDR)
 	if err := createFabric(ctx, l.st.FabricNetns); err != nil {
+		return err
+	}
+	if err := l.createExt(ctx); err != nil {
 		return err
 	}
 	if l.st.Router != nil {
@@ -204,7 +222,40 @@ func (l *Lab) createNodeNetwork(ctx context.Context, i int) error {
 	if err := os.MkdirAll(filepath.Join(n.Dir, "state"), 0o700); err != nil {
 		return fmt.Errorf("create node dir: %w", err)
 	}
-	return nil
+	return l.st.mkNodeCgroups(n)
+}
+
+// createExt creates the external host: a namespace on the fabric with an
+// address there and no other route (in particular none to the pod CIDRs:
+// like a machine outside the cluster it reaches the node IPs only), and
+// its cgroup.
+func (l *Lab) createExt(ctx context.Context) error {
+	e := l.st.Ext
+	if e == nil {
+		return nil
+	}
+	l.log.Info("creating external host", "netns", e.Netns, "ip", e.IP)
+	if err := createNetns(ctx, e.Netns); err != nil {
+		return err
+	}
+	if err := attachToFabric(l.st.FabricNetns, "ext", e.Netns, netip.PrefixFrom(e.IP, l.st.NodeCIDR.Bits())); err != nil {
+		return err
+	}
+	return l.st.mkCgroups(e.Cgroup)
+}
+
+// Ext is the lab's external host; false for single-node labs, which have
+// no fabric.
+func (l *Lab) Ext() (ExtHost, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st, err := loadState(l.st.Dir); err == nil {
+		l.st = st
+	}
+	if l.st.Ext == nil {
+		return ExtHost{}, false
+	}
+	return *l.st.Ext, true
 }
 
 // ---- router (native mode) ----
@@ -261,7 +312,7 @@ func (l *Lab) startBird(ctx context.Context) error {
 		return err
 	}
 	argv := []string{"ip", "netns", "exec", r.Netns, bird, "-f", "-c", r.Config, "-s", r.Socket, "-P", r.PIDFile}
-	p, err := startDetached(argv, nil, r.LogPath)
+	p, err := startDetached(argv, nil, r.LogPath, "")
 	if err != nil {
 		return fmt.Errorf("start bird: %w", err)
 	}
@@ -390,7 +441,7 @@ func (l *Lab) startEtcdServer(ctx context.Context) error {
 	}
 	argv := []string{nsenter, "--net=" + netnsPath(l.st.FabricNetns), "--", l.st.MembraneBin, "lab", "etcd-serve", "--dir", e.Dir}
 	l.log.Info("starting lab etcd", "dir", e.Dir)
-	p, err := startDetached(argv, nil, e.LogPath)
+	p, err := startDetached(argv, nil, e.LogPath, "")
 	if err != nil {
 		return fmt.Errorf("start etcd: %w", err)
 	}
@@ -428,7 +479,7 @@ func (l *Lab) startEtcdMemberProc(m *EtcdMember) error {
 	if err != nil {
 		return err
 	}
-	p, err := startDetached(l.st.etcdMemberArgv(etcdBin, *m), nil, m.LogPath)
+	p, err := startDetached(l.st.etcdMemberArgv(etcdBin, *m), nil, m.LogPath, "")
 	if err != nil {
 		return fmt.Errorf("start etcd member %s: %w", m.Name, err)
 	}
@@ -714,6 +765,9 @@ func (l *Lab) removeNode(ctx context.Context, name string) error {
 	if err := l.removePins(node); err != nil {
 		errs = append(errs, err)
 	}
+	if err := l.st.removeCgroup(ctx, node.Cgroup); err != nil {
+		errs = append(errs, fmt.Errorf("remove cgroup of %s: %w", node.Name, err))
+	}
 	if node.Dir != "" && filepath.Dir(node.Dir) == l.st.Dir {
 		if err := os.RemoveAll(node.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove node dir: %w", err))
@@ -799,6 +853,9 @@ func (l *Lab) downCluster(ctx context.Context) error {
 		}
 		errs = append(errs, deleteNetns(ctx, m.Netns))
 	}
+	if e := l.st.Ext; e != nil {
+		errs = append(errs, deleteNetns(ctx, e.Netns))
+	}
 	if l.st.FabricNetns != "" {
 		errs = append(errs, deleteNetns(ctx, l.st.FabricNetns))
 	}
@@ -822,7 +879,7 @@ func (l *Lab) forgetCluster() {
 // by exact shape, so that it never matches another lab's ("a" and "a-b")
 // or a pod's namespace.
 func derivedNetnsRE(lab string) *regexp.Regexp {
-	return regexp.MustCompile(`^` + regexp.QuoteMeta(netnsPrefix+lab) + `-(fabric|router|etcd[0-9]+|node[0-9]+)$`)
+	return regexp.MustCompile(`^` + regexp.QuoteMeta(netnsPrefix+lab) + `-(fabric|router|ext|etcd[0-9]+|node[0-9]+)$`)
 }
 
 func derivedPinRE(lab string) *regexp.Regexp {

@@ -70,9 +70,12 @@ const (
 	MaxNodes = 64
 
 	// fabric address offsets inside NodeCIDR.
-	routerOffset   = 1
-	etcdOffset     = 1 // member i (1-based) is at .etcdOffset+i
-	nodeOffset     = 10
+	routerOffset = 1
+	etcdOffset   = 1 // member i (1-based) is at .etcdOffset+i
+	nodeOffset   = 10
+	// extOffset is the external host's address (the last usable one in
+	// fabrics smaller than /24).
+	extOffset      = 250
 	fabricVethName = "eth0"
 	fabricBridge   = "br0"
 )
@@ -299,6 +302,7 @@ func nodeASN(i int) uint32 { return uint32(NodeASNBase + i) }
 
 func fabricNetnsName(lab string) string { return netnsPrefix + lab + "-fabric" }
 func routerNetnsName(lab string) string { return netnsPrefix + lab + "-router" }
+func extNetnsName(lab string) string    { return netnsPrefix + lab + "-ext" }
 func etcdNetnsName(lab string, i int) string {
 	return netnsPrefix + lab + "-etcd" + strconv.Itoa(i)
 }

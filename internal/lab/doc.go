@@ -9,7 +9,12 @@
 //     traffic server process per pod (`membrane lab serve`);
 //   - the agent's BPF pin directory <bpf-root>/<lab>-<node>;
 //   - its directory (default /var/lib/membrane-lab/<lab>): state.json, agent
-//     state, sockets, logs and the libcni cache.
+//     state, sockets, logs and the libcni cache;
+//   - the cgroup v2 subtree membrane-lab-<lab>/ (a directory per node, the
+//     agent's --cgroup-root, with agent/ and pods/<ns>_<pod>/ below it, and
+//     ext/), in /sys/fs/cgroup if that is cgroup v2, else in its own
+//     cgroup2 mount at /run/membrane-lab/<lab>/cgroup2 (see cgroup.go).
+//     Agents, pod servers and Exec commands are created in their cgroup.
 //
 // A multi-node lab (Config.Mode "vxlan" or "native") adds, all in the same
 // name space:
@@ -22,7 +27,10 @@
 //     that namespace only, bird2 peering over eBGP with every node and
 //     installing the learned pod CIDRs; nodes route by default to it, and it
 //     has no route beyond the fabric and the pod CIDRs;
-//   - mbr-<lab>-etcd1..3 (external etcd): Debian's etcd at .2, .3, .4.
+//   - mbr-<lab>-etcd1..3 (external etcd): Debian's etcd at .2, .3, .4;
+//   - mbr-<lab>-ext: the external host at .250 (the last address of a
+//     smaller fabric), with no route beyond the fabric, so it reaches node
+//     IPs and no pod: NodePort tests run there through Exec.
 //
 // Agents then get their node IP, the cluster CIDR (they allocate their pod
 // CIDRs through etcd; the lab reads them back from the status API), the

@@ -62,6 +62,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 		AgentArgs:  append([]string(nil), cfg.AgentArgs...),
 		CreatedAt:  time.Now().UTC().Truncate(time.Second),
 	}
+	st.planCgroups()
 	var err error
 	if st.AgentBin, err = findBinary(cfg.BinDir, "membrane-agent"); err != nil {
 		return nil, err
@@ -102,6 +103,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 			Netns:     nodeNetnsName(st.Name, DefaultNode),
 			Dir:       filepath.Join(st.Dir, DefaultNode),
 			PodCIDR:   st.PodCIDR,
+			Cgroup:    st.nodeCgroup(DefaultNode),
 		}
 		node.Socket = filepath.Join(node.Dir, "agent.sock")
 		node.LogPath = filepath.Join(node.Dir, "agent.log")
@@ -131,6 +133,9 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 		}
 	}()
 
+	if err := l.setupCgroups(); err != nil {
+		return nil, err
+	}
 	if l.st.Mode != ModeSingle {
 		if err := l.buildCluster(ctx); err != nil {
 			return nil, err
@@ -144,6 +149,9 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, retErr error) {
 	}
 	if err := os.MkdirAll(filepath.Join(node.Dir, "state"), 0o700); err != nil {
 		return nil, fmt.Errorf("create node dir: %w", err)
+	}
+	if err := l.st.mkNodeCgroups(node); err != nil {
+		return nil, err
 	}
 	if err := l.startAgent(ctx, 0); err != nil {
 		return nil, err
@@ -314,6 +322,10 @@ func (l *Lab) downLocked(ctx context.Context) error {
 	// Whatever the state says, remove every object whose name derives from
 	// the lab's name alone: a crash may have left more than was recorded.
 	add(l.sweepDerived(ctx))
+	// Cgroups last: every process the lab started is gone by now; the
+	// subtree is removed (stray `lab exec` commands are killed) and the
+	// lab's cgroup2 mount is unmounted.
+	add(l.downCgroups(ctx))
 	if l.st.Dir != "" {
 		if err := os.RemoveAll(l.st.Dir); err != nil {
 			add(fmt.Errorf("remove lab dir: %w", err))
@@ -361,8 +373,12 @@ func (l *Lab) startAgent(ctx context.Context, i int) error {
 	// host's mount namespace and so sees bpffs at /sys/fs/bpf (`ip netns
 	// exec` would remount /sys).
 	argv := append([]string{nsenter, "--net=" + netnsPath(n.Netns), "--"}, l.st.agentArgv(*n)...)
-	l.log.Info("starting agent", "node", n.Name, "log", n.LogPath)
-	p, err := startDetached(argv, nil, n.LogPath)
+	l.log.Info("starting agent", "node", n.Name, "log", n.LogPath, "cgroup", n.Cgroup)
+	cg := ""
+	if n.Cgroup != "" {
+		cg = filepath.Join(n.Cgroup, cgroupAgentDir)
+	}
+	p, err := startDetached(argv, nil, n.LogPath, cg)
 	if err != nil {
 		return fmt.Errorf("start agent of %s: %w", n.Name, err)
 	}
@@ -396,6 +412,10 @@ func (st *state) agentArgv(n Node) []string {
 		"--bpf-root", st.BPFRoot,
 		"--prometheus-serve-addr", "127.0.0.1:"+MetricsPort,
 	)
+	if n.Cgroup != "" {
+		// The node's own subtree: its programs act on its processes only.
+		argv = append(argv, "--cgroup-root", n.Cgroup)
+	}
 	if st.Mode != ModeSingle {
 		argv = append(argv,
 			"--node-ip", n.IP.String(),
@@ -505,6 +525,10 @@ type Status struct {
 	CreatedAt time.Time    `json:"createdAt"`
 	Nodes     []NodeStatus `json:"nodes"`
 	Pods      []PodStatus  `json:"pods"`
+	// CgroupRoot is the lab's cgroup v2 subtree ("" for labs made before
+	// cgroups); CgroupMount the cgroup2 mount it is in.
+	CgroupRoot  string `json:"cgroupRoot,omitempty"`
+	CgroupMount string `json:"cgroupMount,omitempty"`
 
 	// Multi-node labs only.
 	Mode        string          `json:"mode,omitempty"`
@@ -513,6 +537,13 @@ type Status struct {
 	EtcdMode    string          `json:"etcdMode,omitempty"`
 	Etcd        []ProcessStatus `json:"etcd,omitempty"`
 	Router      *ProcessStatus  `json:"router,omitempty"`
+	Ext         *ExtStatus      `json:"ext,omitempty"`
+}
+
+// ExtStatus is the external host of a multi-node lab.
+type ExtStatus struct {
+	ExtHost
+	NetnsPresent bool `json:"netnsPresent"`
 }
 
 // ProcessStatus is a lab infrastructure process: an etcd member or server,
@@ -555,10 +586,13 @@ func (l *Lab) Status(ctx context.Context) (Status, error) {
 	st := l.st
 	l.mu.Unlock()
 
-	out := Status{Name: st.Name, Dir: st.Dir, CreatedAt: st.CreatedAt}
+	out := Status{Name: st.Name, Dir: st.Dir, CreatedAt: st.CreatedAt, CgroupRoot: st.CgroupRoot, CgroupMount: st.CgroupMount}
 	if st.Mode != ModeSingle {
 		out.Mode, out.NodeCIDR, out.ClusterCIDR, out.EtcdMode = st.Mode, st.NodeCIDR, st.ClusterCIDR, st.Etcd
 		out.Etcd, out.Router = clusterStatus(ctx, st)
+	}
+	if st.Ext != nil {
+		out.Ext = &ExtStatus{ExtHost: *st.Ext, NetnsPresent: netnsExists(st.Ext.Netns)}
 	}
 	epState := map[string]string{} // container ID → state
 	answered := map[string]bool{}  // node → endpoints listed

@@ -112,7 +112,7 @@ func TestProcStop(t *testing.T) {
 	testutil.Privileged(t)
 	dir := t.TempDir()
 	// A process that ignores SIGTERM is killed after the grace period.
-	p, err := startDetached([]string{"sh", "-c", "trap '' TERM; sleep 30"}, nil, filepath.Join(dir, "log"))
+	p, err := startDetached([]string{"sh", "-c", "trap '' TERM; sleep 30"}, nil, filepath.Join(dir, "log"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestServeProbeVeth(t *testing.T) {
 		}
 		log := filepath.Join(dir, filepath.Base(tg.NetnsPath)+".log")
 		argv := []string{"ip", "netns", "exec", filepath.Base(tg.NetnsPath), self}
-		p, err := startServer(argv, []string{serveEnv + "=" + string(js)}, log)
+		p, err := startServer(argv, []string{serveEnv + "=" + string(js)}, log, "")
 		if err != nil {
 			t.Fatal(err)
 		}

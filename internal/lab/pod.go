@@ -7,10 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -99,6 +97,9 @@ func (l *Lab) AddPod(ctx context.Context, spec PodSpec) (_ Pod, retErr error) {
 		LogPath:     filepath.Join(l.st.Dir, "pods", spec.Namespace+"_"+spec.Name+".log"),
 		State:       PodCreating,
 	}
+	if node.Cgroup != "" {
+		pod.Cgroup = filepath.Join(node.Cgroup, cgroupPodsDir, podCgroupName(spec.Namespace, spec.Name))
+	}
 	// Record first, so a crash leaves a trace Down can follow.
 	l.st.Pods = append(l.st.Pods, pod)
 	if err := l.st.save(); err != nil {
@@ -129,12 +130,15 @@ func (l *Lab) AddPod(ctx context.Context, spec PodSpec) (_ Pod, retErr error) {
 	if err := createNetns(ctx, pod.Netns); err != nil {
 		return Pod{}, err
 	}
+	if err := l.st.mkCgroups(pod.Cgroup); err != nil {
+		return Pod{}, err
+	}
 	ip, err := l.cniAdd(ctx, *node, pod)
 	if err != nil {
 		return Pod{}, err
 	}
 	pod.IP = ip
-	proc, err := startServer(l.serverArgv(pod), nil, pod.LogPath)
+	proc, err := startServer(l.serverArgv(pod), nil, pod.LogPath, pod.Cgroup)
 	if err != nil {
 		return Pod{}, err
 	}
@@ -237,6 +241,9 @@ func (l *Lab) removePod(ctx context.Context, pod *Pod, force bool) error {
 	if err := deleteNetns(ctx, pod.Netns); err != nil {
 		errs = append(errs, err)
 	}
+	if err := l.st.removeCgroup(ctx, pod.Cgroup); err != nil {
+		errs = append(errs, fmt.Errorf("remove cgroup of %s: %w", pod.Key(), err))
+	}
 	_ = os.Remove(pod.LogPath)
 	return errors.Join(errs...)
 }
@@ -281,30 +288,6 @@ func (l *Lab) findPod(ref string) (Pod, error) {
 		return found[0], nil
 	}
 	return Pod{}, fmt.Errorf("pod name %q is ambiguous (in %d namespaces); use NAMESPACE/NAME", ref, len(found))
-}
-
-// Stdio is the standard I/O of a command run with Exec; nil fields mean
-// /dev/null.
-type Stdio struct {
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
-}
-
-// Exec runs argv inside a pod's network namespace (`ip netns exec`). pod is
-// "namespace/name" or a name unique across namespaces. A non-zero exit
-// status is returned as an error with an ExitCode() int method.
-func (l *Lab) Exec(ctx context.Context, pod string, argv []string, stdio Stdio) error {
-	if len(argv) == 0 {
-		return errors.New("exec: no command")
-	}
-	p, err := l.findPod(pod)
-	if err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.Netns}, argv...)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
-	cmd.WaitDelay = 5 * time.Second
-	return cmd.Run()
 }
 
 // ---- CNI ----
@@ -467,9 +450,9 @@ func (l *Lab) serverArgv(p Pod) []string {
 	return append(argv, cfg.Args()...)
 }
 
-// startServer starts a traffic server detached.
-func startServer(argv, env []string, logPath string) (Proc, error) {
-	p, err := startDetached(argv, env, logPath)
+// startServer starts a traffic server detached, in cgroup if set.
+func startServer(argv, env []string, logPath, cgroup string) (Proc, error) {
+	p, err := startDetached(argv, env, logPath, cgroup)
 	if err != nil {
 		return Proc{}, fmt.Errorf("start traffic server: %w", err)
 	}

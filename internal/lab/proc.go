@@ -22,9 +22,11 @@ type Proc struct {
 }
 
 // startDetached starts argv in its own session with stdin from /dev/null and
-// stdout/stderr appended to logPath. The process outlives the caller; if the
+// stdout/stderr appended to logPath. With cgroup set, the process is born
+// in that cgroup v2 directory (clone3 CLONE_INTO_CGROUP), so it never runs
+// a single instruction elsewhere. The process outlives the caller; if the
 // caller lives on, a goroutine reaps it when it exits.
-func startDetached(argv, env []string, logPath string) (Proc, error) {
+func startDetached(argv, env []string, logPath, cgroup string) (Proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return Proc{}, fmt.Errorf("open log %s: %w", logPath, err)
@@ -35,6 +37,14 @@ func startDetached(argv, env []string, logPath string) (Proc, error) {
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cgroup != "" {
+		cg, err := openCgroup(cgroup)
+		if err != nil {
+			return Proc{}, fmt.Errorf("start %s: %w", argv[0], err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+	}
 	if err := cmd.Start(); err != nil {
 		return Proc{}, fmt.Errorf("start %s: %w", argv[0], err)
 	}

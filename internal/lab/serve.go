@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,7 +79,9 @@ func ParsePortList(s string) ([]uint16, error) {
 
 // Serve runs the traffic server until ctx ends. TCP: for each connection it
 // reads one line (at most 1 KiB, 5 s deadline) and replies
-// "<name> <line>\n". UDP: it echoes every datagram unchanged. It binds every
+// "<name> <line>\n". UDP: a datagram starting with "whoami" gets
+// "<name> <datagram>" back (so that a client can tell which pod served
+// it); every other datagram is echoed unchanged. It binds every
 // Listen address on every port, in the calling goroutine's network
 // namespace, and fails if any bind fails.
 func Serve(ctx context.Context, cfg ServeConfig) error {
@@ -173,7 +176,7 @@ func serveOn(ctx context.Context, name string, lns []net.Listener, pcs []net.Pac
 					return
 				}
 				_ = pc.SetWriteDeadline(time.Now().Add(serveIOTimeout))
-				_, _ = pc.WriteTo(buf[:n], from)
+				_, _ = pc.WriteTo(udpReply(name, buf[:n]), from)
 			}
 		})
 	}
@@ -198,4 +201,15 @@ func serveTCPConn(c net.Conn, name string) {
 	}
 	line = strings.TrimRight(line, "\r\n")
 	_, _ = io.WriteString(c, name+" "+line+"\n")
+}
+
+// udpWhoami starts a datagram that asks the server for its name.
+const udpWhoami = "whoami"
+
+// udpReply is the server's answer to one datagram.
+func udpReply(name string, b []byte) []byte {
+	if !bytes.HasPrefix(b, []byte(udpWhoami)) {
+		return b
+	}
+	return append([]byte(name+" "), b...)
 }

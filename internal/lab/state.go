@@ -57,6 +57,25 @@ type state struct {
 	EtcdServer *EtcdServer `json:"etcdServer,omitempty"`
 	// EtcdMembers are the external etcd members.
 	EtcdMembers []EtcdMember `json:"etcdMembers,omitempty"`
+	// Ext is the external host on the fabric (multi-node labs).
+	Ext *ExtHost `json:"ext,omitempty"`
+
+	// CgroupMount is the cgroup v2 mount the lab uses: /sys/fs/cgroup when
+	// that is cgroup v2, else the lab's own mount (CgroupMounted).
+	CgroupMount   string `json:"cgroupMount,omitempty"`
+	CgroupMounted bool   `json:"cgroupMounted,omitempty"`
+	// CgroupRoot is the lab's subtree, <CgroupMount>/membrane-lab-<Name>;
+	// node and pod cgroups are below it. "" for labs made before cgroups.
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
+}
+
+// ExtHost is a namespace on the fabric standing for a machine outside the
+// cluster: it reaches the node IPs (the fabric is its only route) and has
+// no route to any pod CIDR.
+type ExtHost struct {
+	Netns  string     `json:"netns"`
+	IP     netip.Addr `json:"ip"`
+	Cgroup string     `json:"cgroup,omitempty"`
 }
 
 // Router is the native mode's router: a namespace on the fabric running
@@ -112,6 +131,9 @@ type Node struct {
 	PinDir    string       `json:"pinDir"`
 	PodCIDR   netip.Prefix `json:"podCIDR"`
 	Agent     Proc         `json:"agent"`
+	// Cgroup is the node's cgroup v2 directory, the agent's --cgroup-root:
+	// the agent runs in Cgroup/agent, pods in Cgroup/pods/<ns>_<name>.
+	Cgroup string `json:"cgroup,omitempty"`
 
 	// Multi-node labs only.
 	Index int        `json:"index,omitempty"` // node<Index>
@@ -140,6 +162,9 @@ type Pod struct {
 	ServerStart uint64            `json:"serverStart,omitempty"`
 	LogPath     string            `json:"logPath"`
 	State       string            `json:"state"`
+	// Cgroup is the pod's cgroup v2 directory; its server and `lab exec`
+	// commands run in it.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Key is "namespace/name".
