@@ -642,6 +642,7 @@ attempt failed.`,
 	cmd.Flags().IntVar(&spec.Count, "count", 1, fmt.Sprintf("attempts (1-%d)", lab.MaxDialCount))
 	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultDialTimeout, "timeout per attempt")
 	cmd.Flags().BoolVar(&spec.ReuseUDP, "reuse-udp", false, "udp: send every datagram from one unconnected socket and show each reply's source address")
+	cmd.Flags().Uint16Var(&spec.SourcePort, "source-port", 0, "bind attempt i to local port N+i-1 (0: any), to repeat the same flows in another run")
 	cmd.Flags().BoolVar(&spec.Peer, "peer", false, "show getpeername() of each connected socket")
 	return cmd
 }

@@ -183,7 +183,11 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		if err := link.EnsureClusterRoute(a.cluster, a.router, podMTU); err != nil {
 			return err
 		}
-	} else if err := link.EnableForwarding(); err != nil {
+	}
+	// Native routing forwards between the network and mbr_host; NodePort
+	// needs forwarding in both modes (the datapath's FIB lookups refuse
+	// devices that do not forward).
+	if err := link.EnableForwarding(); err != nil {
 		return err
 	}
 

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/membrane-net/membrane/internal/kvstore"
 )
 
 // Multi-node timeouts.
@@ -468,6 +470,9 @@ func (st *state) etcdMemberArgv(etcdBin string, m EtcdMember) []string {
 		"--initial-cluster", strings.Join(initial, ","),
 		"--initial-cluster-state", "new",
 		"--initial-cluster-token", "mbr-" + st.Name,
+		// One `membrane apply` is one transaction (kvstore.MaxApplyObjects).
+		"--max-txn-ops", strconv.Itoa(2 * kvstore.MaxApplyObjects),
+		"--max-request-bytes", strconv.Itoa(8 << 20),
 		"--logger", "zap",
 		"--log-level", "warn",
 	}

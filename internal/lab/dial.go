@@ -38,6 +38,9 @@ type DialSpec struct {
 	ReuseUDP bool
 	// Peer reports getpeername() of each attempt's connected socket.
 	Peer bool
+	// SourcePort, if set, binds attempt i to local port SourcePort+i-1
+	// (new sockets only), so that a run can repeat the same flows.
+	SourcePort uint16
 }
 
 // DialAttempt is the outcome of one attempt.
@@ -98,6 +101,10 @@ func Dial(ctx context.Context, spec DialSpec) (DialReport, error) {
 		return DialReport{}, errors.New("dial: reusing a socket is for udp only")
 	case spec.ReuseUDP && spec.Peer:
 		return DialReport{}, errors.New("dial: the reused UDP socket is unconnected and has no peer; drop one of the two options")
+	case spec.SourcePort != 0 && spec.ReuseUDP:
+		return DialReport{}, errors.New("dial: a source port per attempt needs a new socket per attempt; drop --reuse-udp")
+	case spec.SourcePort != 0 && int(spec.SourcePort)+spec.Count-1 > 65535:
+		return DialReport{}, fmt.Errorf("dial: source ports %d+%d run past 65535", spec.SourcePort, spec.Count)
 	}
 	rep := DialReport{Proto: spec.Proto, Target: spec.Target, Answers: map[string]int{}}
 	var shared *net.UDPConn
@@ -142,8 +149,20 @@ func Dial(ctx context.Context, spec DialSpec) (DialReport, error) {
 	return rep, nil
 }
 
+// localAddr is the source address of attempt a: nil (any), or the
+// spec's source port plus the attempt's offset.
+func localAddr(spec DialSpec, a *DialAttempt) netip.AddrPort {
+	if spec.SourcePort == 0 {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), spec.SourcePort+uint16(a.Seq-1))
+}
+
 func dialTCP(ctx context.Context, spec DialSpec, a *DialAttempt, deadline time.Time) error {
 	d := net.Dialer{Deadline: deadline}
+	if la := localAddr(spec, a); la.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(la)
+	}
 	c, err := d.DialContext(ctx, "tcp4", spec.Target.String())
 	if err != nil {
 		return fmt.Errorf("connect %s: %s", spec.Target, errReason(err))
@@ -168,7 +187,11 @@ func dialTCP(ctx context.Context, spec DialSpec, a *DialAttempt, deadline time.T
 
 // dialUDP uses a new connected socket: connect() picks the destination.
 func dialUDP(spec DialSpec, a *DialAttempt, deadline time.Time) error {
-	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(spec.Target))
+	var local *net.UDPAddr
+	if la := localAddr(spec, a); la.IsValid() {
+		local = net.UDPAddrFromAddrPort(la)
+	}
+	c, err := net.DialUDP("udp4", local, net.UDPAddrFromAddrPort(spec.Target))
 	if err != nil {
 		return fmt.Errorf("connect %s: %s", spec.Target, errReason(err))
 	}
