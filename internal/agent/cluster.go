@@ -207,6 +207,13 @@ func (c *clusterSync) syncTunnels(nodes []kvstore.NodeRecord) error {
 	return errors.Join(errs...)
 }
 
+// hasSynced reports whether the cluster state has been read at least once.
+func (c *clusterSync) hasSynced() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.synced.IsZero()
+}
+
 // remotePods returns the pods of other nodes (records of live nodes).
 func (c *clusterSync) remotePods() []service.Pod {
 	c.mu.Lock()

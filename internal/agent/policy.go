@@ -316,8 +316,14 @@ func (e *policyEngine) regenerateLocked(ctx context.Context) (retErr error) {
 	if a.nodeIP.IsValid() {
 		sin.NodeIPs = []netip.Addr{a.nodeIP}
 	}
-	if err := a.services.sync(sin); err != nil {
-		a.log.Error("service load balancing not fully applied", "err", err)
+	// Not before the cluster state was read once: the other nodes' pods
+	// are backends too, and a restarted agent must not drop them (and
+	// renumber them) while it has not seen them yet. Until then the
+	// pinned maps keep what the previous run left.
+	if a.clusterSync != nil && a.clusterSync.hasSynced() {
+		if err := a.services.sync(sin); err != nil {
+			a.log.Error("service load balancing not fully applied", "err", err)
+		}
 	}
 	e.input, e.result = in, res
 	e.revision++

@@ -242,6 +242,36 @@ func testServices(t *testing.T, mode string) {
 		}
 	})
 
+	t.Run("an agent restart keeps ids and service connections", func(t *testing.T) {
+		before, err := c1.BPFLB(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.RestartAgent(ctx, "node1"); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c1.BPFLB(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := func(d api.BPFLB) map[string]uint32 {
+			m := map[string]uint32{}
+			for _, b := range d.Backends {
+				m[b.Address.String()+"/"+b.Protocol] = b.ID
+			}
+			for _, s := range d.Services {
+				m[s.Frontend.String()+"/"+s.Protocol] = uint32(s.RevNatID)
+			}
+			return m
+		}
+		if b, a := ids(before), ids(after); fmt.Sprint(b) != fmt.Sprint(a) {
+			t.Errorf("ids changed across the restart:\nbefore %v\nafter  %v", b, a)
+		}
+		if rep := dial(t, ctx, l, "client-1", "--count", "6", vip.String()); rep.Failed > 0 {
+			t.Errorf("after the restart: %d of 6 failed: %s", rep.Failed, rep.FirstError())
+		}
+	})
+
 	t.Run("NodePort from the external host via every node", func(t *testing.T) {
 		for _, n := range nodes {
 			node, err := l.NodeByName(n)
