@@ -20,7 +20,7 @@ lab-down: build
 # Benchmarks (see docs/performance.md): install the tools, build, run side by
 # side in namespaces, write bench/results/*.json and regenerate
 # docs/performance.md with its charts. Needs root. `bench` is the quick
-# profile (≤ 10 minutes on a 2-core VM), `bench-full` the long one.
+# profile (about 10 minutes on a 2-core VM), `bench-full` the long one.
 .PHONY: bench bench-full
 bench bench-full: export PATH := /usr/local/go/bin:$(PATH)
 bench:

@@ -318,3 +318,100 @@ func PolicyChart(r *Results, path string) error {
 	}
 	return f.Close()
 }
+
+// CrossNodeChart draws, per workload, one bar per cross-node comparison
+// (Membrane mode / its kernel baseline, ratio of medians) with the
+// per-round range as an error bar, and reference lines at 1.0 and at the
+// 0.9 target. Bars are polygons in data coordinates so that the error bars
+// and labels sit on them.
+func CrossNodeChart(r *Results, path string) error {
+	ws := r.crossNodeWorkloads()
+	if len(ws) == 0 {
+		return nil
+	}
+	var names []string
+	for _, w := range ws {
+		names = append(names, w.Name)
+	}
+	p := plot.New()
+	p.Title.Text = "Cross-node: Membrane relative to its kernel baseline (higher is better)"
+	p.Y.Label.Text = "ratio of medians (whiskers: per-round min–max)"
+	p.Y.Min = 0
+	p.Legend.Top = true
+	p.Legend.Left = false
+	p.Legend.Padding = vg.Points(2)
+	const width = 0.35 // of a bar, in workload slots
+	ymax := 1.1
+	for i, c := range crossNodePairs {
+		col := topologyColor("", i)
+		if i == 0 {
+			col = topologyColor("MEMBRANE", 0)
+		}
+		dx := width * (float64(i) - float64(len(crossNodePairs)-1)/2)
+		var s policySeries
+		lbl := plotter.XYLabels{}
+		var first *plotter.Polygon
+		for j, w := range ws {
+			ratio, ok := r.Ratio(c.membrane, c.baseline, w.Name, w.Metrics[0].Name)
+			if !ok {
+				continue
+			}
+			x := float64(j) + dx
+			bar, err := plotter.NewPolygon(plotter.XYs{{X: x - width/2, Y: 0}, {X: x + width/2, Y: 0}, {X: x + width/2, Y: ratio.OfMedians}, {X: x - width/2, Y: ratio.OfMedians}})
+			if err != nil {
+				return fmt.Errorf("cross-node chart: %w", err)
+			}
+			bar.Color = col
+			bar.LineStyle.Width = 0
+			p.Add(bar)
+			if first == nil {
+				first = bar
+			}
+			ymax = math.Max(ymax, ratio.PerRound.Max*1.1)
+			s.xys = append(s.xys, plotter.XY{X: x, Y: ratio.OfMedians})
+			s.errs = append(s.errs, struct{ Low, High float64 }{ratio.OfMedians - ratio.PerRound.Min, ratio.PerRound.Max - ratio.OfMedians})
+			lbl.XYs = append(lbl.XYs, plotter.XY{X: x, Y: math.Max(ratio.PerRound.Max, ratio.OfMedians)})
+			lbl.Labels = append(lbl.Labels, fmt.Sprintf("%.3f", ratio.OfMedians))
+		}
+		if first == nil {
+			continue
+		}
+		p.Legend.Add(c.membrane+" / "+c.baseline, first)
+		errs, err := plotter.NewYErrorBars(s)
+		if err != nil {
+			return fmt.Errorf("cross-node chart: %w", err)
+		}
+		errs.Color = color.Black
+		p.Add(errs)
+		labels, err := plotter.NewLabels(lbl)
+		if err != nil {
+			return fmt.Errorf("cross-node chart: %w", err)
+		}
+		for k := range labels.TextStyle {
+			labels.TextStyle[k].Font.Size = vg.Points(8)
+			labels.TextStyle[k].XAlign = draw.XCenter
+		}
+		labels.Offset = vg.Point{Y: vg.Points(3)}
+		p.Add(labels)
+	}
+	for _, ref := range []struct {
+		y      float64
+		dashed bool
+		what   string
+	}{{1.0, false, "1.0 = kernel baseline"}, {crossNodeTarget, true, fmt.Sprintf("%.1f × baseline (target)", crossNodeTarget)}} {
+		f := plotter.NewFunction(func(float64) float64 { return ref.y })
+		f.Color = gray
+		f.Width = vg.Points(1)
+		if ref.dashed {
+			f.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		}
+		f.XMin, f.XMax = -0.5, float64(len(ws))-0.5
+		p.Add(f)
+		p.Legend.Add(ref.what, f)
+	}
+	p.Y.Max = ymax + 0.3 // room for the legend
+	p.X.Min, p.X.Max = -0.5, float64(len(ws))-0.5
+	p.NominalX(names...)
+	p.Add(plotter.NewGrid())
+	return save(p, path, 8*vg.Inch, 4.5*vg.Inch)
+}

@@ -21,7 +21,21 @@ const (
 	// NetworkPolicies holding PolicyEntries never-matching entries plus the
 	// rule that allows the client (ingress enforced even at 0 entries).
 	KindMembranePolicy = "membrane-policy"
+
+	// Cross-node kinds: client pod on node A, server pod on node B, two
+	// node namespaces joined by a fabric bridge.
+	KindKernelVXLAN         = "kernel-vxlan"          // flannel's model: kernel vxlan device, static FDB/neighbour entries
+	KindRouted2Node         = "routed-2node"          // kernel routing, static route to the other node's pod CIDR
+	KindMembraneVXLAN2Node  = "membrane-vxlan-2node"  // two Membrane agents, --routing-mode vxlan
+	KindMembraneNative2Node = "membrane-native-2node" // two Membrane agents, --routing-mode native, static routes
 )
+
+// crossNodePairs are the cross-node comparisons: each Membrane topology
+// and its kernel baseline, with the issue's target ratio.
+var crossNodePairs = []struct{ membrane, baseline string }{
+	{"MEMBRANE-VXLAN-2NODE", "KERNEL-VXLAN"},
+	{"MEMBRANE-NATIVE-2NODE", "ROUTED-2NODE"},
+}
 
 // Monitor levels of the agent's --monitor-level flag.
 var monitorLevels = []string{"off", "drops", "default", "all"}
@@ -60,7 +74,17 @@ func (s TopologySpec) runs(w string) bool {
 
 // isMembrane reports whether the topology is a Membrane lab.
 func (s TopologySpec) isMembrane() bool {
-	return s.Kind == KindMembrane || s.Kind == KindMembranePolicy
+	return s.Kind == KindMembrane || s.Kind == KindMembranePolicy ||
+		s.Kind == KindMembraneVXLAN2Node || s.Kind == KindMembraneNative2Node
+}
+
+// crossNode reports whether the topology spans two nodes.
+func (s TopologySpec) crossNode() bool {
+	switch s.Kind {
+	case KindKernelVXLAN, KindRouted2Node, KindMembraneVXLAN2Node, KindMembraneNative2Node:
+		return true
+	}
+	return false
 }
 
 // plainMembrane is the MEMBRANE topology with the agent's defaults.
@@ -179,17 +203,21 @@ const (
 
 // Profile returns the configuration of a named profile.
 //
-// quick (`make bench`) must finish within 10 minutes on a 2-core VM:
+// quick (`make bench`) must finish within about 10 minutes on a 2-core VM:
 // 2-second measurements, 4 rounds, the 10000-entry policy baselines,
 // Membrane with 0 and 10000 policy entries and with flow events off (tcp-rr
 // and tcp-crr only), 100 CNI ADD samples per (plugin, concurrency), K=100
-// endpoints, 30 propagation iterations at 100 endpoints. (30 measurements
-// a round, at about 3.2 s each since sockperf adds about 2.3 s of start-up
-// to each of its runs: the datapath part takes about 6.5 minutes. Rounds
-// were cut from 5 to 4 when the policy, events and propagation parts came.)
+// endpoints, 30 propagation iterations at 100 endpoints, and the four
+// cross-node topologies with tcp-rr and tcp-stream. (38 measurements a
+// round: sockperf runs take about 4.4 s, as sockperf 3.7 sleeps 2 s after
+// its warm-up whatever the flags, the others about 2 s; the datapath part
+// takes about 8.2 minutes, the whole run 10 minutes, 1m55s of it the
+// cross-node part. Rounds were cut from 5 to 4 when the policy, events and
+// propagation parts came.)
 // full (`make bench-full`): 10-second measurements, 9 rounds, 1000, 10000
 // and 50000 entries (tcp-rr, tcp-crr and udp-rr on the policy topologies),
-// 200 CNI samples, K=1000, 100 propagation iterations.
+// the cross-node topologies with tcp-rr, tcp-stream and udp-rr, 200 CNI
+// samples, K=1000, 100 propagation iterations.
 func Profile(name string) (Config, error) {
 	all := []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR}
 	events := []string{WorkloadTCPRR, WorkloadTCPCRR}
@@ -199,15 +227,18 @@ func Profile(name string) (Config, error) {
 	switch name {
 	case ProfileQuick:
 		policy := []string{WorkloadTCPRR, WorkloadTCPCRR}
+		topos := append(base,
+			TopologySpec{Kind: KindIPTables, PolicyEntries: 10000},
+			TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000},
+			TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 0, Workloads: policy},
+			TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 10000, Workloads: policy})
 		return Config{
 			Profile:  name,
 			Rounds:   4,
 			Duration: 2 * time.Second,
-			Topologies: append(base,
-				TopologySpec{Kind: KindIPTables, PolicyEntries: 10000},
-				TopologySpec{Kind: KindNFTSet, PolicyEntries: 10000},
-				TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 0, Workloads: policy},
-				TopologySpec{Kind: KindMembranePolicy, PolicyEntries: 10000, Workloads: policy}),
+			// Cross-node: the issue's TCP request/response and stream
+			// only (udp-rr would add about 70 s).
+			Topologies:  append(topos, crossNodeTopologies([]string{WorkloadTCPRR, WorkloadTCPStream})...),
 			Workloads:   all,
 			CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 20}, Batch: 20, Rounds: 5},
 			Memory:      MemoryConfig{Endpoints: 100, Settle: 3 * time.Second},
@@ -225,6 +256,7 @@ func Profile(name string) (Config, error) {
 		for _, n := range []int{0, 1000, 10000, 50000} {
 			topos = append(topos, TopologySpec{Kind: KindMembranePolicy, PolicyEntries: n, Workloads: policy})
 		}
+		topos = append(topos, crossNodeTopologies([]string{WorkloadTCPRR, WorkloadTCPStream, WorkloadUDPRR})...)
 		return Config{
 			Profile:     name,
 			Rounds:      9,
@@ -237,6 +269,17 @@ func Profile(name string) (Config, error) {
 		}, nil
 	}
 	return Config{}, fmt.Errorf("unknown profile %q: want %s or %s", name, ProfileQuick, ProfileFull)
+}
+
+// crossNodeTopologies are the four cross-node topologies running the
+// given workloads, each Membrane topology right after its baseline so that
+// every pair is measured back to back (A B A B).
+func crossNodeTopologies(workloads []string) []TopologySpec {
+	var out []TopologySpec
+	for _, k := range []string{KindKernelVXLAN, KindMembraneVXLAN2Node, KindRouted2Node, KindMembraneNative2Node} {
+		out = append(out, TopologySpec{Kind: k, Workloads: slices.Clone(workloads)})
+	}
+	return out
 }
 
 // Limits that keep every loop bounded.
@@ -280,6 +323,9 @@ func (c Config) Validate() error {
 		}
 		if t.Kind == KindMembrane && t.PolicyEntries > 0 {
 			errs = append(errs, fmt.Errorf("topology %s: policy entries need kind %s", t.Name(), KindMembranePolicy))
+		}
+		if t.crossNode() && (t.PolicyEntries != 0 || t.MonitorLevel != "") {
+			errs = append(errs, fmt.Errorf("topology %s takes no policy entries or monitor level", t.Name()))
 		}
 		if t.MonitorLevel != "" && (!t.isMembrane() || !slices.Contains(monitorLevels, t.MonitorLevel)) {
 			errs = append(errs, fmt.Errorf("topology %s: monitor level %q: want one of %v on a Membrane topology", t.Name(), t.MonitorLevel, monitorLevels))

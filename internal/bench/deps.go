@@ -45,6 +45,9 @@ func Deps(cfg Config) []dep {
 		case KindBridge:
 			deps = append(deps, dep{filepath.Join(cfg.CNIPluginDir, "bridge"), "containernetworking-plugins"},
 				dep{filepath.Join(cfg.CNIPluginDir, "host-local"), "containernetworking-plugins"})
+		case KindKernelVXLAN:
+			// FDB entries for the vxlan device.
+			deps = append(deps, dep{"bridge", "iproute2"})
 		}
 	}
 	if slices.Contains(cfg.CNI.Plugins, "ptp") {

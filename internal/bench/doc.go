@@ -1,7 +1,9 @@
 // Package bench is Membrane's benchmark harness: it builds the datapath
 // topologies under test side by side in one run (DIRECT, ROUTED, BRIDGE,
-// MEMBRANE, MEMBRANE with flow events off, MEMBRANE-POLICY-N and the
-// iptables/nftables policy baselines IPTABLES-N and NFT-SET-N), runs the
+// MEMBRANE, MEMBRANE with flow events off, MEMBRANE-POLICY-N, the
+// iptables/nftables policy baselines IPTABLES-N and NFT-SET-N, and the
+// cross-node pairs MEMBRANE-VXLAN-2NODE vs KERNEL-VXLAN and
+// MEMBRANE-NATIVE-2NODE vs ROUTED-2NODE), runs the
 // same workloads through each of them in interleaved rounds, measures the
 // control plane (CNI ADD latency, agent memory per endpoint, how long a
 // policy change takes to reach the datapath), and writes the results as
@@ -10,10 +12,14 @@
 // A run owns, and only ever touches:
 //   - network namespaces named mbb-<run>-… (the run id is six random hex
 //     characters), created with `ip netns add`, with veth pairs created
-//     directly inside them; no namespace gets a route out of the machine and
-//     nothing is attached to the machine's own interfaces;
+//     directly inside them (the cross-node baselines also a bridge in a
+//     fabric namespace and a vxlan device per node namespace, on lab
+//     addresses 10.214.x.0/24 and 10.215.0.0/16); no namespace gets a route
+//     out of the machine and nothing is attached to the machine's own
+//     interfaces;
 //   - Membrane labs (internal/lab) named bench-<run> (MEMBRANE), bt<i>-<run>
-//     (the other Membrane topologies, i their index in the run), bprop-<run>
+//     (the other Membrane topologies, i their index in the run; the
+//     cross-node ones are two-node labs with a fabric and a lab etcd), bprop-<run>
 //     (propagation) and bmem-<run> (memory), which own their namespaces
 //     (mbr-<lab>-…), agents and BPF pins, and the policies applied to them;
 //   - a UDP prober thread that enters the propagation lab's client pod

@@ -72,7 +72,8 @@ func (r *Results) Targets() []Target {
 		}
 	}
 	out = append(out, p50, p99)
-	return append(out, r.extraTargets()...)
+	out = append(out, r.extraTargets()...)
+	return append(out, r.crossNodeTargets()...)
 }
 
 func metStatus(ok bool) string {
@@ -239,6 +240,7 @@ func Render(r *Results, resultsRef string) string {
 
 	renderPolicy(r, p)
 	renderEvents(r, p)
+	renderCrossNode(r, p)
 
 	// Control plane.
 	if len(r.CNI) > 0 || r.Memory != nil {
@@ -298,7 +300,7 @@ func Render(r *Results, resultsRef string) string {
 		p("* **iptables** backend: %s (the rules are evaluated one after another either way).\n", r.Host.IPTables)
 	}
 	p("* **bridge-nf-call-iptables** on this machine: %s (applies to the BRIDGE topology's node namespace).\n", orDash(r.Host.BridgeNFIP))
-	p("* **Reproduce**: `make bench` (quick profile, under 10 minutes on a 2-core VM) or `make bench-full` (about an hour); " +
+	p("* **Reproduce**: `make bench` (quick profile, about 10 minutes on a 2-core VM) or `make bench-full` (about an hour); " +
 		"`membrane-bench report` re-renders this page and the charts from `bench/results/latest-<profile>.json`.\n\n")
 
 	p("## Caveats\n\n")
@@ -316,6 +318,11 @@ func Render(r *Results, resultsRef string) string {
 	if r.Propagation != nil {
 		p("* Propagation is timed from the API call's return, as a client sees it, through the agent's store watch, policy computation and map writes, "+
 			"to the datapath; the client, the agent and the prober share %d CPUs with the rest of the machine.\n", r.Host.CPUs)
+	}
+	if len(r.crossNodeTopologyNames()) > 0 {
+		p("* Cross-node means two node namespaces on one machine: one kernel, a veth pair and a bridge for a wire, no NIC (VXLAN segmentation, " +
+			"checksums and GRO happen in software as veth offers them), and client and server still share one CPU. The comparison isolates what each datapath does " +
+			"per packet between two nodes (encapsulation, routing, BPF), not what a real network or NIC would add.\n")
 	}
 	p("* Every Membrane topology is a lab of its own (its own agent), so agent flags and policy state do not leak between them; " +
 		"the idle agents still share the machine with the one being measured.\n\n")
@@ -345,6 +352,11 @@ func WriteReport(r *Results, docsDir, resultsRef string) error {
 	}
 	if len(r.policyWorkloads()) > 0 {
 		if err := PolicyChart(r, filepath.Join(docsDir, ChartPolicy)); err != nil {
+			return err
+		}
+	}
+	if len(r.crossNodeWorkloads()) > 0 {
+		if err := CrossNodeChart(r, filepath.Join(docsDir, ChartCrossNode)); err != nil {
 			return err
 		}
 	}

@@ -94,16 +94,18 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 		}
 		topo := topologyKinds[spec.Kind](spec, i)
 		mem, isMembrane := topo.(*membrane)
-		if isMembrane {
-			mem.agentArgs = cfg.AgentArgs
+		labTopo, onLab := topo.(labTopology)
+		if onLab {
+			labTopo.setAgentArgs(cfg.AgentArgs)
 		}
 		info := TopologyInfo{Name: spec.Name(), Spec: spec, Description: topo.Describe()}
 		lg.Info("setting up topology", "topology", info.Name)
 		t0 := time.Now()
 		pair, err := topo.Setup(ctx, env)
-		if isMembrane && mem.info.Lab != "" {
-			mi := mem.info
-			info.Membrane = &mi
+		if onLab {
+			if mi := labTopo.labInfo(); mi.Lab != "" {
+				info.Membrane = &mi
+			}
 		}
 		if err == nil {
 			err = startServers(ctx, env, cfg, workloads, spec, roleName(spec), pair)

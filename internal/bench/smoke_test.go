@@ -26,18 +26,20 @@ const binDirEnv = "MEMBRANE_TEST_BIN_DIR"
 
 // smokeConfig is one 1-second round of every workload on DIRECT and
 // MEMBRANE, one tiny policy-scaling case (tcp-rr on IPTABLES-100 and
-// MEMBRANE-POLICY-100), three CNI ADDs per plugin (one after another, then
-// at once), the memory measurement with two endpoints, and three policy
-// propagation iterations with five endpoints.
+// MEMBRANE-POLICY-100), tcp-rr and tcp-stream on the four cross-node
+// topologies, three CNI ADDs per plugin (one after another, then at once),
+// the memory measurement with two endpoints, and three policy propagation
+// iterations with five endpoints.
 func smokeConfig(bin, work string, t *testing.T) Config {
 	rr := []string{WorkloadTCPRR}
 	return Config{
 		Profile:  "smoke",
 		Rounds:   1,
 		Duration: time.Second,
-		Topologies: []TopologySpec{{Kind: KindDirect}, {Kind: KindMembrane},
+		Topologies: append([]TopologySpec{{Kind: KindDirect}, {Kind: KindMembrane},
 			{Kind: KindIPTables, PolicyEntries: smokePolicyEntries, Workloads: rr},
 			{Kind: KindMembranePolicy, PolicyEntries: smokePolicyEntries, Workloads: rr}},
+			crossNodeTopologies([]string{WorkloadTCPRR, WorkloadTCPStream})...),
 		Workloads:   []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR},
 		CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 3}, Batch: 3, Rounds: 1},
 		Memory:      MemoryConfig{Endpoints: 2, Settle: 200 * time.Millisecond},
@@ -66,7 +68,7 @@ func TestSmoke(t *testing.T) {
 		bin = buildBinaries(t)
 	}
 	cfg = smokeConfig(bin, t.TempDir(), t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
 	res, err := Run(ctx, cfg)
@@ -104,6 +106,21 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: installed policy %+v, want ≥ %d entries, ingress enforced", topo.Name, pi, smokePolicyEntries+1)
 		}
 	}
+	for _, topo := range res.Topologies {
+		want := map[string]string{KindMembraneVXLAN2Node: lab.ModeVXLAN, KindMembraneNative2Node: lab.ModeNative}[topo.Spec.Kind]
+		if want == "" {
+			continue
+		}
+		if topo.Membrane == nil || len(topo.Membrane.Nodes) != 2 {
+			t.Errorf("%s: lab info %+v, want two nodes", topo.Name, topo.Membrane)
+			continue
+		}
+		for _, n := range topo.Membrane.Nodes {
+			if n.RoutingMode != want || !n.PodCIDR.IsValid() {
+				t.Errorf("%s: node %+v, want routing mode %s and a pod CIDR", topo.Name, n, want)
+			}
+		}
+	}
 	if p := res.Propagation; p == nil || p.Endpoints != 5 || len(p.DenyMs)+p.DenyTimeouts != 3 || len(p.AllowMs)+p.AllowTimeouts != 3 {
 		t.Errorf("propagation result: %+v, want 3 iterations at 5 endpoints", p)
 	}
@@ -129,7 +146,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(res, back, cmpopts.IgnoreFields(Config{}, "Logger", "BinDir", "WorkDir", "CNIPluginDir"), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+	if diff := cmp.Diff(res, back, cmpopts.IgnoreFields(Config{}, "Logger", "BinDir", "WorkDir", "CNIPluginDir"), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
 		t.Errorf("results differ after a JSON round trip (-ran +loaded):\n%s", diff)
 	}
 	if latest, err := LatestResults(filepath.Join(dir, "results")); err != nil || filepath.Base(latest) != "latest-smoke.json" {
@@ -146,12 +163,13 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"## The targets", "MEMBRANE / DIRECT", "### tcp-rr", "### CNI ADD latency", "### Agent memory per endpoint",
-		"## Policy scaling", "| " + policyName + " | 100 |", "## Policy propagation", "| apply → denied | 3 |", ChartRatios, ChartCNI, ChartPolicy} {
+		"## Policy scaling", "| " + policyName + " | 100 |", "## Policy propagation", "| apply → denied | 3 |", ChartRatios, ChartCNI, ChartPolicy,
+		"## Cross-node", "| MEMBRANE-VXLAN-2NODE / KERNEL-VXLAN | ≥ 0.9? |", "| tcp-stream (Gbit/s) |", ChartCrossNode} {
 		if !bytes.Contains(md, []byte(want)) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	for _, c := range []string{ChartRatios, ChartCNI, ChartPolicy} {
+	for _, c := range []string{ChartRatios, ChartCNI, ChartPolicy, ChartCrossNode} {
 		f, err := os.Open(filepath.Join(docs, c))
 		if err != nil {
 			t.Errorf("chart: %v", err)
@@ -176,7 +194,7 @@ func assertNoLeftovers(t *testing.T, id, workParent string) {
 		}
 	}
 	labs, _ := filepath.Glob(filepath.Join(lab.DefaultBaseDir, "*-"+id))
-	pins, _ := filepath.Glob(filepath.Join(lab.DefaultBPFRoot, "*-"+id+"-"+lab.DefaultNode))
+	pins, _ := filepath.Glob(filepath.Join(lab.DefaultBPFRoot, "*-"+id+"-node*"))
 	for _, p := range append(labs, pins...) {
 		t.Errorf("%s left behind", p)
 	}

@@ -90,7 +90,12 @@ type MembraneInfo struct {
 	FlowEvents *uint64 `json:"flowEvents,omitempty"`
 	// Policy is the installed policy of a MEMBRANE-POLICY-N topology.
 	Policy *PolicyInstall `json:"policy,omitempty"`
+	// Nodes of a multi-node (cross-node) topology.
+	Nodes []LabNode `json:"nodes,omitempty"`
 }
+
+func (m *membrane) setAgentArgs(args []string) { m.agentArgs = args }
+func (m *membrane) labInfo() MembraneInfo      { return m.info }
 
 func (m *membrane) Describe() string {
 	d := "Membrane lab: node namespace with membrane-agent, two pods attached by membrane-cni (libcni), BPF redirect_peer between them"
@@ -226,9 +231,14 @@ var labServePorts = []lab.Port{{Port: 19999, Proto: "tcp"}}
 // labSpec is a lab to start.
 type labSpec struct {
 	name       string
-	cidr       netip.Prefix
-	servePorts []lab.Port // default labServePorts
+	cidr       netip.Prefix // pod CIDR of a single-node lab
+	servePorts []lab.Port   // default labServePorts
 	agentArgs  []string
+	// Multi-node labs: node count, lab routing mode (lab.ModeVXLAN or
+	// lab.ModeNative) and fabric prefix; zero for a single node.
+	nodes    int
+	mode     string
+	nodeCIDR netip.Prefix
 }
 
 // upLab starts a lab and registers its removal.
@@ -245,6 +255,9 @@ func upLab(ctx context.Context, env *Env, spec labSpec) (*lab.Lab, error) {
 		ServePorts: ports,
 		AgentArgs:  spec.agentArgs,
 		Logger:     env.Log.With("lab", spec.name),
+		Nodes:      spec.nodes,
+		Mode:       spec.mode,
+		NodeCIDR:   spec.nodeCIDR,
 	}
 	// Reclaim removes the lab whether or not Up got far enough to return it.
 	env.Defer("remove lab "+spec.name, func(ctx context.Context) error { return lab.Reclaim(ctx, cfg) })

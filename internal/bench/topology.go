@@ -40,6 +40,19 @@ var topologyKinds = map[string]func(spec TopologySpec, idx int) Topology{
 	KindBridge:         func(s TopologySpec, i int) Topology { return &bridge{spec: s, idx: i} },
 	KindMembrane:       func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
 	KindMembranePolicy: func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
+	// Cross-node (topo_crossnode.go).
+	KindKernelVXLAN:         func(s TopologySpec, i int) Topology { return &kernelTwoNode{spec: s, idx: i} },
+	KindRouted2Node:         func(s TopologySpec, i int) Topology { return &kernelTwoNode{spec: s, idx: i} },
+	KindMembraneVXLAN2Node:  func(s TopologySpec, i int) Topology { return &membraneTwoNode{spec: s, idx: i} },
+	KindMembraneNative2Node: func(s TopologySpec, i int) Topology { return &membraneTwoNode{spec: s, idx: i} },
+}
+
+// labTopology is a topology built on Membrane labs: it takes the run's
+// extra agent flags before Setup and reports what Setup found out.
+type labTopology interface {
+	Topology
+	setAgentArgs([]string)
+	labInfo() MembraneInfo
 }
 
 // roleName is the namespace role prefix of a topology: "direct",
