@@ -147,22 +147,10 @@ func newEndpointCmd(g *globals) *cobra.Command {
   membrane endpoint label 3 tier-`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := g.ctx()
-			defer cancel()
-			c := g.client()
-			ep, err := c.Endpoint(ctx, args[0])
-			if err != nil {
-				return g.explain(err)
-			}
-			labels, err := applyLabelArgs(ep.Labels, args[1:])
-			if err != nil {
-				return err
-			}
-			ep, err = c.PatchEndpoint(ctx, ep.ID, api.EndpointPatch{Labels: &labels})
-			if err != nil {
-				return g.explain(err)
-			}
-			return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
+			return patchEndpoint(g, cmd, args[0], func(ep api.Endpoint) (api.EndpointPatch, error) {
+				labels, err := applyLabelArgs(ep.Labels, args[1:])
+				return api.EndpointPatch{Labels: &labels}, err
+			})
 		},
 	}
 	ports := &cobra.Command{
@@ -175,18 +163,9 @@ func newEndpointCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx()
-			defer cancel()
-			c := g.client()
-			ep, err := c.Endpoint(ctx, args[0])
-			if err != nil {
-				return g.explain(err)
-			}
-			ep, err = c.PatchEndpoint(ctx, ep.ID, api.EndpointPatch{Ports: &ps})
-			if err != nil {
-				return g.explain(err)
-			}
-			return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
+			return patchEndpoint(g, cmd, args[0], func(api.Endpoint) (api.EndpointPatch, error) {
+				return api.EndpointPatch{Ports: &ps}, nil
+			})
 		},
 	}
 	readiness := &cobra.Command{
@@ -195,18 +174,9 @@ func newEndpointCmd(g *globals) *cobra.Command {
 		Example: "  membrane endpoint readiness default/web-1 not-ready",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := g.ctx()
-			defer cancel()
-			c := g.client()
-			ep, err := c.Endpoint(ctx, args[0])
-			if err != nil {
-				return g.explain(err)
-			}
-			ep, err = c.PatchEndpoint(ctx, ep.ID, api.EndpointPatch{Readiness: &args[1]})
-			if err != nil {
-				return g.explain(err)
-			}
-			return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
+			return patchEndpoint(g, cmd, args[0], func(api.Endpoint) (api.EndpointPatch, error) {
+				return api.EndpointPatch{Readiness: &args[1]}, nil
+			})
 		},
 	}
 	cmd.AddCommand(list, get, label, ports, readiness)
@@ -337,4 +307,25 @@ func newBPFCmd(g *globals) *cobra.Command {
 	addBPFTunnelCmd(g, cmd)
 	addBPFLBCmd(g, cmd)
 	return cmd
+}
+
+// patchEndpoint reads endpoint ref, builds a patch from it, applies it and
+// prints the result.
+func patchEndpoint(g *globals, cmd *cobra.Command, ref string, build func(api.Endpoint) (api.EndpointPatch, error)) error {
+	ctx, cancel := g.ctx()
+	defer cancel()
+	c := g.client()
+	ep, err := c.Endpoint(ctx, ref)
+	if err != nil {
+		return g.explain(err)
+	}
+	p, err := build(ep)
+	if err != nil {
+		return err
+	}
+	ep, err = c.PatchEndpoint(ctx, ep.ID, p)
+	if err != nil {
+		return g.explain(err)
+	}
+	return g.render(cmd.OutOrStdout(), ep, func(w io.Writer) { printEndpoint(w, ep) })
 }

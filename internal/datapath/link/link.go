@@ -399,9 +399,23 @@ func EnsureClusterRoute(cluster netip.Prefix, router netip.Addr, mtu int) error 
 // DetectNodeIP returns the first global IPv4 address of an interface that
 // is not Membrane's own (mbr_*, lxc*), if any.
 func DetectNodeIP() (netip.Addr, bool) {
+	var found netip.Addr
+	externalAddrs(func(_ netlink.Link, ip netip.Addr) bool {
+		if ip.IsGlobalUnicast() {
+			found = ip
+			return true
+		}
+		return false
+	})
+	return found, found.IsValid()
+}
+
+// externalAddrs calls fn with each IPv4 address of each interface that is
+// not Membrane's own (mbr_*, lxc*) or loopback, until fn returns true.
+func externalAddrs(fn func(l netlink.Link, ip netip.Addr) bool) {
 	links, err := netlink.LinkList()
 	if err != nil {
-		return netip.Addr{}, false
+		return
 	}
 	for _, l := range links {
 		n := l.Attrs().Name
@@ -413,12 +427,11 @@ func DetectNodeIP() (netip.Addr, bool) {
 			continue
 		}
 		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap().IsGlobalUnicast() {
-				return ip.Unmap(), true
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && fn(l, ip.Unmap()) {
+				return
 			}
 		}
 	}
-	return netip.Addr{}, false
 }
 
 // EnableForwarding sets net.ipv4.ip_forward=1 in the agent's network
@@ -434,26 +447,13 @@ func EnableForwarding() error {
 // Membrane's own (mbr_*, lxc*) or loopback: the device where traffic from
 // other hosts arrives.
 func ExternalDevice(ip netip.Addr) (name string, ifindex int, ok bool) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return "", 0, false
-	}
-	for _, l := range links {
-		n := l.Attrs().Name
-		if strings.HasPrefix(n, "mbr_") || strings.HasPrefix(n, "lxc") || l.Attrs().Flags&net.FlagLoopback != 0 {
-			continue
+	externalAddrs(func(l netlink.Link, got netip.Addr) bool {
+		if got == ip {
+			name, ifindex, ok = l.Attrs().Name, l.Attrs().Index, true
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
-				return n, l.Attrs().Index, true
-			}
-		}
-	}
-	return "", 0, false
+		return ok
+	})
+	return name, ifindex, ok
 }
 
 // DeviceIndex returns the ifindex of a named interface.
