@@ -23,6 +23,10 @@ import (
 	"github.com/membrane-net/membrane/internal/metrics"
 )
 
+// bgpRestartTime is how long BGP peers keep this node's routes after its
+// agent went away without closing its sessions (graceful restart).
+const bgpRestartTime = 120 * time.Second
+
 // Version is set at build time.
 var Version = "dev"
 
@@ -131,6 +135,7 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		return err
 	}
 	npMin, npMax, _ := a.cfg.NodePorts()
+	svcCIDR, _ := a.cfg.ServicePrefix()
 	dp, err := loader.Load(loader.Config{
 		PinDir:          a.cfg.PinDir(),
 		RouterIPv4:      a.router,
@@ -147,6 +152,7 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 		LBMaglevSize:    a.cfg.LBMaglevSize,
 		NodePortMin:     npMin,
 		NodePortMax:     npMax,
+		ServiceCIDR:     svcCIDR,
 		Logger:          a.log,
 	})
 	if err != nil {
@@ -267,7 +273,7 @@ func (a *Agent) Start(ctx context.Context) (retErr error) {
 			rid = netip.MustParseAddr(a.cfg.BGPRouterID)
 		}
 		sp, err := bgp.Start(ctx, bgp.Config{ASN: a.cfg.BGPASN, RouterID: rid, Peers: peers,
-			Advertise: []netip.Prefix{a.pool}, NextHop: a.nodeIP, Logger: a.log})
+			Advertise: []netip.Prefix{a.pool}, NextHop: a.nodeIP, RestartTime: bgpRestartTime, Logger: a.log})
 		if err != nil {
 			return err
 		}
@@ -308,7 +314,10 @@ func (a *Agent) Stop(ctx context.Context) error {
 		a.server = nil
 	}
 	if a.bgp != nil {
-		a.bgp.Stop()
+		// A stopping agent is usually restarting: its sessions die with
+		// the process, and the routers keep its pod CIDR (graceful
+		// restart) so that no node loses traffic meanwhile.
+		a.bgp.Abandon()
 		a.bgp = nil
 	}
 	if a.obs != nil && a.obs.reader != nil {

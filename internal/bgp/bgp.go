@@ -69,7 +69,12 @@ type Config struct {
 	ListenAddress string
 	// PeerPort overrides the TCP port used to reach peers (tests); 0 = 179.
 	PeerPort uint32
-	Logger   *slog.Logger
+	// RestartTime, if non-zero, announces graceful restart (RFC 4724) for
+	// IPv4 unicast with this restart time: when the agent goes away
+	// without closing its sessions (Abandon), routers keep its routes
+	// (stale) until it is back or the time has passed.
+	RestartTime time.Duration
+	Logger      *slog.Logger
 }
 
 // Speaker is a running BGP speaker.
@@ -112,13 +117,21 @@ func Start(ctx context.Context, cfg Config) (_ *Speaker, retErr error) {
 		return nil, fmt.Errorf("start BGP (AS %d, router id %s): %w", cfg.ASN, cfg.RouterID, err)
 	}
 	for _, p := range cfg.Peers {
-		err := s.AddPeer(ctx, &gapi.AddPeerRequest{Peer: &gapi.Peer{
+		peer := &gapi.Peer{
 			Conf: &gapi.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.ASN},
 			Timers: &gapi.Timers{Config: &gapi.TimersConfig{
 				ConnectRetry: 2, HoldTime: 9, KeepaliveInterval: 3,
 			}},
 			Transport: transport(cfg),
-		}})
+		}
+		if cfg.RestartTime > 0 {
+			peer.GracefulRestart = &gapi.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}
+			peer.AfiSafis = []*gapi.AfiSafi{{
+				Config: &gapi.AfiSafiConfig{Family: &gapi.Family{Afi: gapi.Family_AFI_IP, Safi: gapi.Family_SAFI_UNICAST}, Enabled: true},
+				MpGracefulRestart: &gapi.MpGracefulRestart{Config: &gapi.MpGracefulRestartConfig{Enabled: true}},
+			}}
+		}
+		err := s.AddPeer(ctx, &gapi.AddPeerRequest{Peer: peer})
 		if err != nil {
 			return nil, fmt.Errorf("add BGP peer %s AS %d: %w", p.Address, p.ASN, err)
 		}
@@ -155,6 +168,11 @@ func transport(cfg Config) *gapi.Transport {
 	}
 	return t
 }
+
+// Abandon leaves the sessions to die with the process, without the
+// NOTIFICATION that Stop sends: with graceful restart the routers keep this
+// node's routes while the agent restarts. The process must exit soon after.
+func (sp *Speaker) Abandon() {}
 
 // Stop shuts the speaker down (sessions close; routers withdraw the routes).
 func (sp *Speaker) Stop() {

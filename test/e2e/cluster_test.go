@@ -418,6 +418,35 @@ func TestClusterNativeBGP(t *testing.T) {
 		eventually(t, 30*time.Second, "traffic to node2 again", func() bool { return reach(t, pods["a"], pods["b"].IP) })
 	})
 
+	t.Run("an agent restart keeps its routes at the router (graceful restart)", func(t *testing.T) {
+		n3, _ := l.NodeByName("node3")
+		if err := l.StopAgent(ctx, "node3"); err != nil {
+			t.Fatal(err)
+		}
+		// The session is gone, the route stays (stale) and traffic flows.
+		time.Sleep(2 * time.Second)
+		out, err := l.RouterCommand(ctx, "show", "route")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, n3.PodCIDR.String()) {
+			t.Errorf("with node3's agent stopped the router dropped its pod CIDR:\n%s", out)
+		}
+		if !reach(t, pods["a"], pods["c"].IP) {
+			t.Error("a lost c while node3's agent was down")
+		}
+		if err := l.StartAgent(ctx, "node3"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "node3's session is back", func() bool {
+			peers, err := nodeClient(t, l, "node3").BGPPeers(ctx)
+			return err == nil && len(peers) == 1 && peers[0].State == "established"
+		})
+		if !reach(t, pods["a"], pods["c"].IP) {
+			t.Error("a does not reach c after node3's agent restarted")
+		}
+	})
+
 	t.Run("losing one of three etcd members changes nothing", func(t *testing.T) {
 		if err := l.StopEtcdMember(ctx, 1); err != nil {
 			t.Fatal(err)
