@@ -111,7 +111,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	enum ct_status ct;
 	struct lb4_nat *nat;
 	__u16 ct_flags;
-	int reason, overlay;
+	int reason, overlay, svc;
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
@@ -131,6 +131,19 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	if (parse_flow4(skb, ip4, flow) < 0)
 		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
+	/* A cluster IP that no socket hook translated: to its backend here. */
+	svc = lb4_xlate_svc(skb, flow, ETH_HLEN + ip4->ihl * 4);
+	if (svc < 0)
+		return drop_packet(skb, o, -svc, MBR_DIR_EGRESS);
+	if (svc > 0) {
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		eth = data;
+		ip4 = (void *)(eth + 1);
+		if ((void *)(ip4 + 1) > data_end)
+			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+	}
+
 	dst = lookup_endpoint4(flow->daddr);
 	if (dst) {
 		o->dst_ep = dst->ep_id;
@@ -146,6 +159,17 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 		nat = nodeport_local_reply_state(flow);
 		if (nat)
 			return nodeport_reply_local4(skb, o, ETH_HLEN + ip4->ihl * 4, flow, nat);
+	}
+	/* A reply to a pod whose service connection the packet path translated. */
+	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_SVC)) {
+		if (lb4_reply_svc(skb, flow, ETH_HLEN + ip4->ihl * 4) < 0)
+			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		eth = data;
+		ip4 = (void *)(eth + 1);
+		if ((void *)(ip4 + 1) > data_end)
+			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 	}
 
 	/* Only the first packet of a connection meets policy. */
@@ -176,7 +200,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 		}
 		/* Never pass an untracked connection: its replies would be
 		 * judged as new connections of the peer. */
-		if (ct_create4(flow, src->identity, len, now, 0) < 0)
+		if (ct_create4(flow, src->identity, len, now, svc > 0 ? MBR_CT_F_SVC : 0) < 0)
 			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_EGRESS);
 	}
 
@@ -283,6 +307,16 @@ static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pk
 	ct = ct_lookup4(flow, len, now, &o->report, &ct_flags);
 	o->ct_state = ct + 1;
 	trace_packet(skb, o, obs_point, MBR_DIR_INGRESS);
+
+	/* A remote backend's reply to a pod whose service connection the
+	 * packet path translated: from the service address again. */
+	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_SVC)) {
+		if (lb4_reply_svc(skb, flow, ETH_HLEN + ip4->ihl * 4) < 0)
+			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+		eth = (void *)(long)skb->data;
+		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
+	}
 
 	if (ct == CT_NEW) {
 		ipcache_lookup4(flow->saddr, &peer_id, &cidr_id);

@@ -126,6 +126,8 @@ struct ct_key {
 #define MBR_CT_F_CLOSING    (MBR_CT_F_TX_CLOSING | MBR_CT_F_RX_CLOSING)
 #define MBR_CT_F_NODEPORT   0x8 /* a NodePort connection to a local backend: replies
 				     * get their source translated back (mbr_lb4_nat) */
+#define MBR_CT_F_SVC        0x10 /* a pod's connection to a service that the packet path
+				      * translated: replies get the service address back */
 
 /* Value of the conntrack maps. 32 bytes. flags was a __u32 before the
  * *_flags_seen bytes were carved out of its upper half: the layout and size

@@ -122,4 +122,87 @@ static __always_inline int nodeport_reply_local4(struct __sk_buff *skb, struct p
 	return fib_redirect4(skb, o, MBR_DIR_EGRESS);
 }
 
+/* The service network (--service-cidr), network byte order; set at load.
+ * Packets to it that no socket hook translated are translated here. */
+volatile const __be32 SVC_NET4 = 0;
+volatile const __be32 SVC_MASK4 = 0xffffffff;
+
+/* Packet-level translation of a pod's connection to a cluster IP that no
+ * socket hook translated (a raw socket, a process outside the node's
+ * cgroup tree): the flow's backend is kept in mbr_lb4_nat (chosen once,
+ * Maglev or random), the destination rewritten to it, and a reverse entry
+ * lets the reply path restore the service address. Returns 1 if f was
+ * translated (f now holds the backend), 0 if it is no service, or -reason
+ * to drop. Packet pointers are invalid after 1. */
+static __always_inline int lb4_xlate_svc(struct __sk_buff *skb, struct flow4 *f, __u32 l4_off)
+{
+	struct lb4_nat_key fk = {
+		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
+		.proto = f->protocol,
+	};
+	struct lb4_nat_key rk = { .saddr = 0 };
+	struct lb4_nat fwd = {}, rev = {}, *cur;
+	struct lb4_service *svc;
+	struct lb4_backend *b;
+	__u32 backend_id = 0;
+
+	if ((f->daddr & SVC_MASK4) != SVC_NET4 ||
+	    (f->protocol != IPPROTO_TCP && f->protocol != IPPROTO_UDP))
+		return 0;
+	svc = lb4_lookup_service(f->daddr, f->dport, f->protocol);
+	if (!svc)
+		return 0;
+	cur = bpf_map_lookup_elem(&mbr_lb4_nat, &fk);
+	if (cur && bpf_map_lookup_elem(&mbr_lb4_backends, &cur->backend_id)) {
+		fwd = *cur;
+	} else {
+		b = lb4_select(svc, f->daddr, f->dport, f->protocol, f->saddr, 0,
+			       lb4_flow_hash(f->saddr, f->sport, f->dport, f->protocol), 1, &backend_id);
+		if (!b)
+			return -MBR_DROP_NO_SERVICE_BACKEND;
+		fwd.addr = b->address;
+		fwd.port = b->port;
+		fwd.backend_id = backend_id;
+		rk.saddr = b->address;
+		rk.daddr = f->saddr;
+		rk.sport = b->port;
+		rk.dport = f->sport;
+		rk.proto = f->protocol;
+		rk.dir = 1;
+		rev.nat_addr = f->daddr;
+		rev.nat_port = f->dport;
+		if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_ANY) < 0 ||
+		    bpf_map_update_elem(&mbr_lb4_nat, &fk, &fwd, BPF_ANY) < 0)
+			return -MBR_DROP_CT_MAP_FULL;
+	}
+	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, f->saddr, f->daddr, fwd.addr,
+			f->sport, f->sport, f->dport, fwd.port) < 0)
+		return -MBR_DROP_INVALID_PACKET;
+	f->daddr = fwd.addr;
+	f->dport = fwd.port;
+	f->policy_dport = fwd.port;
+	return 1;
+}
+
+/* A reply on a connection that lb4_xlate_svc translated: its source becomes
+ * the service address again. 1 if rewritten (f updated, packet pointers
+ * invalid), 0 if there is no state, -1 on error. */
+static __always_inline int lb4_reply_svc(struct __sk_buff *skb, struct flow4 *f, __u32 l4_off)
+{
+	struct lb4_nat *rn = nodeport_local_reply_state(f);
+	__be32 vip;
+	__be16 vport;
+
+	if (!rn)
+		return 0;
+	vip = rn->nat_addr;
+	vport = rn->nat_port;
+	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, vip, f->daddr, f->daddr,
+			f->sport, vport, f->dport, f->dport) < 0)
+		return -1;
+	f->saddr = vip;
+	f->sport = vport;
+	return 1;
+}
+
 #endif /* __MBR_NODEPORT_H */

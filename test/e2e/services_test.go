@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -200,6 +201,29 @@ func testServices(t *testing.T, mode string) {
 		}
 		if rep := dial(t, ctx, l, "client-2", "--proto", "udp", "--count", "6", dnsVIP.String()); rep.Failed > 0 {
 			t.Errorf("connected UDP: %d of 6 failed: %s", rep.Failed, rep.FirstError())
+		}
+	})
+
+	t.Run("cluster IP by the packet path, from outside the node's cgroup", func(t *testing.T) {
+		// ip netns exec keeps this test's cgroup, which no lab node's
+		// socket hooks cover: only from_container can translate.
+		client := pod(t, l, "default/client-1")
+		for _, args := range [][]string{
+			{"--count", "15", vip.String()},
+			{"--proto", "udp", "--count", "6", dnsVIP.String()},
+		} {
+			argv := append([]string{"netns", "exec", client.Netns, binaries(t) + "/membrane", "lab", "dial"}, args...)
+			out, _ := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
+			rep, err := lab.ParseDialReport(string(out))
+			if err != nil {
+				t.Fatalf("dial %v: %v\n%s", args, err, out)
+			}
+			if rep.Failed > 0 {
+				t.Errorf("dial %v: %d failed: %s", args, rep.Failed, rep.FirstError())
+			}
+			if len(rep.Answers) < 2 {
+				t.Errorf("dial %v: reached only %v", args, rep.Answers)
+			}
 		}
 	})
 

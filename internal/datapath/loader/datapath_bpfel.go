@@ -253,6 +253,8 @@ const (
 	datapathVarNODEPORT_MAX                = "NODEPORT_MAX"
 	datapathVarNODEPORT_MIN                = "NODEPORT_MIN"
 	datapathVarROUTER_IP4                  = "ROUTER_IP4"
+	datapathVarSVC_MASK4                   = "SVC_MASK4"
+	datapathVarSVC_NET4                    = "SVC_NET4"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -343,6 +345,8 @@ type datapathVariableSpecs struct {
 	NODEPORT_MAX                *ebpf.VariableSpec `ebpf:"NODEPORT_MAX"`
 	NODEPORT_MIN                *ebpf.VariableSpec `ebpf:"NODEPORT_MIN"`
 	ROUTER_IP4                  *ebpf.VariableSpec `ebpf:"ROUTER_IP4"`
+	SVC_MASK4                   *ebpf.VariableSpec `ebpf:"SVC_MASK4"`
+	SVC_NET4                    *ebpf.VariableSpec `ebpf:"SVC_NET4"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -420,6 +424,8 @@ type datapathVariables struct {
 	NODEPORT_MAX                *ebpf.Variable `ebpf:"NODEPORT_MAX"`
 	NODEPORT_MIN                *ebpf.Variable `ebpf:"NODEPORT_MIN"`
 	ROUTER_IP4                  *ebpf.Variable `ebpf:"ROUTER_IP4"`
+	SVC_MASK4                   *ebpf.Variable `ebpf:"SVC_MASK4"`
+	SVC_NET4                    *ebpf.Variable `ebpf:"SVC_NET4"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

@@ -80,6 +80,10 @@ type Config struct {
 	LBMaglevSize    uint32     // 0 = default 1021: slots of each Maglev table (a prime)
 	NodePortMin     uint16     // 0 = default 30000: NodePort range answered by from_netdev
 	NodePortMax     uint16     // 0 = default 32767
+	// ServiceCIDR is where cluster IPs live: pod packets to it that no
+	// socket hook translated are translated by the endpoint program.
+	// Invalid (zero) = off.
+	ServiceCIDR netip.Prefix
 	CTTimeouts      CTTimeouts // zero fields = defaults
 	// EventsRingSize is the size in bytes of the flow event ring buffer:
 	// 0 = default 4 MiB, else a power of two and a multiple of the page
@@ -295,6 +299,19 @@ func Load(cfg Config) (_ *Datapath, retErr error) {
 	}
 	if err := spec.Variables[datapathVarNODEPORT_MAX].Set(npMax); err != nil {
 		return nil, fmt.Errorf("load datapath: set NODEPORT_MAX: %w", err)
+	}
+	if p := cfg.ServiceCIDR; p.IsValid() {
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("load datapath: service CIDR %s: %w (IPv4 only)", p, ErrNotSupported)
+		}
+		p = p.Masked()
+		mask := netip.PrefixFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), p.Bits()).Masked().Addr()
+		if err := spec.Variables[datapathVarSVC_NET4].Set(be32(p.Addr())); err != nil {
+			return nil, fmt.Errorf("load datapath: set SVC_NET4: %w", err)
+		}
+		if err := spec.Variables[datapathVarSVC_MASK4].Set(be32(mask)); err != nil {
+			return nil, fmt.Errorf("load datapath: set SVC_MASK4: %w", err)
+		}
 	}
 
 	if err := replaceIncompatiblePin(spec, cfg.PinDir, datapathMapMbrEvents, log); err != nil {
