@@ -338,6 +338,12 @@ func testServices(t *testing.T, mode string) {
 		if after.Failed > 0 {
 			t.Fatalf("after: %d of %d failed: %s", after.Failed, flows, after.FirstError())
 		}
+		if n := after.Answers["default/web-1"]; n > 0 {
+			t.Errorf("the deleted backend web-1 still answered %d flows", n)
+		}
+		if rep := dial(t, ctx, l, "client-2", "--count", "15", vip.String()); rep.Failed > 0 || rep.Answers["default/web-1"] > 0 {
+			t.Errorf("cluster IP after web-1 was deleted: %v (%s)", rep.Answers, rep.FirstError())
+		}
 		kept, moved := 0, 0
 		for i, a := range before.Attempts {
 			if a.Answer == "default/web-1" {
