@@ -3,7 +3,8 @@
 // MEMBRANE, MEMBRANE with flow events off, MEMBRANE-POLICY-N, the
 // iptables/nftables policy baselines IPTABLES-N and NFT-SET-N, and the
 // cross-node pairs MEMBRANE-VXLAN-2NODE vs KERNEL-VXLAN and
-// MEMBRANE-NATIVE-2NODE vs ROUTED-2NODE), runs the
+// MEMBRANE-NATIVE-2NODE vs ROUTED-2NODE, and the service scaling trio
+// MEMBRANE-SVC-N, KUBE-PROXY-IPTABLES-N and NFT-VMAP-N), runs the
 // same workloads through each of them in interleaved rounds, measures the
 // control plane (CNI ADD latency, agent memory per endpoint, how long a
 // policy change takes to reach the datapath), and writes the results as
@@ -24,9 +25,13 @@
 //     (mbr-<lab>-…), agents and BPF pins, and the policies applied to them;
 //   - a UDP prober thread that enters the propagation lab's client pod
 //     namespace (and never leaves it: the thread ends with the prober);
-//   - the tool processes it starts (sockperf, iperf3, nginx, wrk), each in
-//     one of those namespaces, bound to its lab addresses and pinned to one
-//     CPU with taskset;
+//   - the tool processes it starts (sockperf, iperf3, nginx, wrk, and
+//     itself as the svc-crr client, RunHelper), each in one of those
+//     namespaces (the svc-crr client of a Membrane lab also in its pod's
+//     cgroup), bound to its lab addresses and pinned to one CPU with
+//     taskset;
+//   - the services it applies to its labs, and the nat rules (iptables,
+//     nftables) of the service baselines, inside their node namespaces;
 //   - a work directory (/tmp/membrane-bench-<run>) for configs, IPAM data,
 //     the libcni cache and logs.
 //

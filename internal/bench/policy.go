@@ -118,6 +118,11 @@ type policyAPI interface {
 	BPFPolicy(ctx context.Context, ref string) (api.BPFPolicy, error)
 }
 
+// statusAPI reads the agent's status.
+type statusAPI interface {
+	Status(ctx context.Context) (api.Status, error)
+}
+
 // installPolicy applies the client rule and n never-matching entries for
 // the server pod, waits until the agent enforces all of it, and checks the
 // server's policy map through the agent API.
@@ -154,7 +159,7 @@ func installPolicy(ctx context.Context, c policyAPI, n int) (*PolicyInstall, err
 
 // waitRealized polls the agent until its datapath enforces store revision
 // rev, for at most timeout.
-func waitRealized(ctx context.Context, c policyAPI, rev int64, timeout time.Duration) error {
+func waitRealized(ctx context.Context, c statusAPI, rev int64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		st, err := c.Status(ctx)

@@ -73,7 +73,8 @@ func (r *Results) Targets() []Target {
 	}
 	out = append(out, p50, p99)
 	out = append(out, r.extraTargets()...)
-	return append(out, r.crossNodeTargets()...)
+	out = append(out, r.crossNodeTargets()...)
+	return append(out, r.serviceTarget())
 }
 
 func metStatus(ok bool) string {
@@ -192,6 +193,9 @@ func Render(r *Results, resultsRef string) string {
 		p("\n|---|%s\n", strings.Repeat("---|", len(cols)))
 		for _, w := range r.Workloads {
 			m := w.Metrics[0]
+			if !slices.ContainsFunc(cols, func(c ratioColumn) bool { _, ok := r.Ratio(c.a, c.b, w.Name, m.Name); return ok }) {
+				continue // svc-crr: compared in the Services section
+			}
 			p("| %s (%s) |", w.Name, m.Unit)
 			for _, c := range cols {
 				if ratio, ok := r.Ratio(c.a, c.b, w.Name, m.Name); ok {
@@ -241,6 +245,7 @@ func Render(r *Results, resultsRef string) string {
 	renderPolicy(r, p)
 	renderEvents(r, p)
 	renderCrossNode(r, p)
+	renderServices(r, p)
 
 	// Control plane.
 	if len(r.CNI) > 0 || r.Memory != nil {
@@ -300,7 +305,7 @@ func Render(r *Results, resultsRef string) string {
 		p("* **iptables** backend: %s (the rules are evaluated one after another either way).\n", r.Host.IPTables)
 	}
 	p("* **bridge-nf-call-iptables** on this machine: %s (applies to the BRIDGE topology's node namespace).\n", orDash(r.Host.BridgeNFIP))
-	p("* **Reproduce**: `make bench` (quick profile, about 10 minutes on a 2-core VM) or `make bench-full` (about an hour); " +
+	p("* **Reproduce**: `make bench` (quick profile, under 9 minutes on a 2-core VM) or `make bench-full` (about an hour and a half); " +
 		"`membrane-bench report` re-renders this page and the charts from `bench/results/latest-<profile>.json`.\n\n")
 
 	p("## Caveats\n\n")
@@ -323,6 +328,11 @@ func Render(r *Results, resultsRef string) string {
 		p("* Cross-node means two node namespaces on one machine: one kernel, a veth pair and a bridge for a wire, no NIC (VXLAN segmentation, " +
 			"checksums and GRO happen in software as veth offers them), and client and server still share one CPU. The comparison isolates what each datapath does " +
 			"per packet between two nodes (encapsulation, routing, BPF), not what a real network or NIC would add.\n")
+	}
+	if r.servicesSource() != nil {
+		p("* Services: the baselines translate in the kernel's nat hooks on the SYN (conntrack keeps the translation for the later packets, and costs every connection an entry), " +
+			"Membrane in the connect() system call; the svc-crr latency includes both, as it runs from socket() to close(). " +
+			"The client is a small loop of blocking system calls (this harness, in Go), the same program for the three datapaths.\n")
 	}
 	p("* Every Membrane topology is a lab of its own (its own agent), so agent flags and policy state do not leak between them; " +
 		"the idle agents still share the machine with the one being measured.\n\n")
@@ -360,6 +370,11 @@ func WriteReport(r *Results, docsDir, resultsRef string) error {
 			return err
 		}
 	}
+	if r.servicesSource() != nil {
+		if err := ServicesChart(r, filepath.Join(docsDir, ChartServices)); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(filepath.Join(docsDir, "performance.md"), []byte(Render(r, resultsRef)), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
@@ -386,6 +401,8 @@ func workloadBlurb(name string) string {
 		return "TCP stream: `iperf3`, one stream, client → server, receiver's Gbit/s"
 	case WorkloadTCPCRR:
 		return "connect/request/close: `wrk -t1 -c4 -H 'Connection: close'` against one nginx worker returning 3 bytes; a new TCP connection per request; connections/s and request latency percentiles"
+	case WorkloadSvcCRR:
+		return "connect/request/close through a service address: a loop in the client pod (its namespace and cgroup) that opens a socket, connect()s to the cluster IP, sends an HTTP request with `Connection: close` and reads until nginx (one worker, returning 3 bytes) closes; one connection at a time; latency from socket() to close(), connect and the SYN's service translation included; connections/s and latency percentiles"
 	}
 	return name
 }

@@ -38,6 +38,13 @@ type Results struct {
 	// Errors met on the way (failed set-ups, failed measurements). A run
 	// with errors still writes its results.
 	Errors []string `json:"errors,omitempty"`
+
+	// ServicesFrom, when these results have no service topologies, are
+	// other results whose Services section the report shows (a separate
+	// run of the service part, which the quick profile leaves out), named
+	// ServicesRef in the text. Not stored.
+	ServicesFrom *Results `json:"-"`
+	ServicesRef  string   `json:"-"`
 }
 
 // Host describes the machine and the tools.
@@ -61,6 +68,8 @@ type TopologyInfo struct {
 	// Membrane holds what a Membrane topology's set-up found out (lab,
 	// agent flags, monitor level, installed policy, flow events).
 	Membrane *MembraneInfo `json:"membrane,omitempty"`
+	// Services is what installing a service topology's N services took.
+	Services *ServiceInstall `json:"services,omitempty"`
 }
 
 // WorkloadInfo is a workload of the run.
@@ -150,6 +159,22 @@ func LatestResults(dir string) (string, error) {
 		return "", fmt.Errorf("no latest-*.json in %s; run `membrane-bench run` first", dir)
 	}
 	return best, nil
+}
+
+// ServicesResultsSuffix ends the name of a results file that holds a
+// separate run of the service scaling part; the report of a run without
+// service topologies shows the newest such file's Services section.
+const ServicesResultsSuffix = "-services.json"
+
+// LatestServicesResults is the newest <timestamp>-…-services.json in dir,
+// "" if there is none.
+func LatestServicesResults(dir string) string {
+	matches, _ := filepath.Glob(filepath.Join(dir, "*"+ServicesResultsSuffix))
+	slices.Sort(matches) // names start with the UTC timestamp
+	if len(matches) == 0 {
+		return ""
+	}
+	return matches[len(matches)-1]
 }
 
 // ---- statistics ----
@@ -283,6 +308,14 @@ func (r *Results) Validate() error {
 		}
 		if p.ProbesEchoed <= 0 || p.ProbesEchoed > p.ProbesSent {
 			errs = append(errs, fmt.Errorf("propagation: %d of %d probes echoed", p.ProbesEchoed, p.ProbesSent))
+		}
+	}
+	for _, t := range r.Topologies {
+		if si := t.Services; si != nil && (si.Services != t.Spec.Services || si.InstallSeconds <= 0 || !si.Measured.IsValid()) {
+			errs = append(errs, fmt.Errorf("%s: service install %+v for %d services", t.Name, *si, t.Spec.Services))
+		}
+		if t.Error == "" && t.Spec.service() && t.Services == nil {
+			errs = append(errs, fmt.Errorf("%s: no service install recorded", t.Name))
 		}
 	}
 	for _, t := range r.Topologies {

@@ -107,11 +107,17 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 				info.Membrane = &mi
 			}
 		}
+		if st, ok := topo.(serviceTopology); ok && err == nil {
+			info.Services = st.serviceInstall()
+		}
 		if err == nil {
 			err = startServers(ctx, env, cfg, workloads, spec, roleName(spec), pair)
 		}
 		if err == nil {
 			err = warmUp(ctx, env, pair)
+		}
+		if err == nil && pair.Service.IsValid() {
+			err = warmUpService(ctx, env, pair)
 		}
 		if err != nil {
 			info.Error = err.Error()
@@ -144,12 +150,14 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 	perRound := 0
 	for _, wname := range cfg.Workloads {
 		for _, t := range live {
-			if t.spec.runs(wname) {
-				perRound++
+			for round := 1; round <= cfg.Rounds; round++ {
+				if t.spec.runs(wname) && t.spec.inRound(round) {
+					perRound++
+				}
 			}
 		}
 	}
-	total := cfg.Rounds * perRound
+	total := perRound // every measurement of every round
 	n := 0
 	for round := 1; round <= cfg.Rounds && ctx.Err() == nil; round++ {
 		for _, wname := range cfg.Workloads {
@@ -157,7 +165,7 @@ func Run(ctx context.Context, cfg Config) (_ *Results, retErr error) {
 				if ctx.Err() != nil {
 					break
 				}
-				if !t.spec.runs(wname) {
+				if !t.spec.runs(wname) || !t.spec.inRound(round) {
 					continue
 				}
 				n++
@@ -286,6 +294,20 @@ func warmUp(ctx context.Context, env *Env, pair Pair) error {
 		sleepCtx(ctx, 500*time.Millisecond)
 	}
 	return fmt.Errorf("no path from %s to %s: %w", pair.Client.Addr, pair.Server.Addr, lastErr)
+}
+
+// warmUpService checks the service path end to end (the connect through
+// the service address, its translation and the server's answer) with a
+// short connect/request/close loop that is not recorded.
+func warmUpService(ctx context.Context, env *Env, pair Pair) error {
+	rep, err := runCRRHelper(ctx, env, pair.Client, crrJob{Addr: pair.Service, Duration: 300 * time.Millisecond})
+	if err != nil {
+		return fmt.Errorf("service %s from %s: %w", pair.Service, pair.Client.Addr, err)
+	}
+	if rep.Connections == 0 || rep.Errors > 0 {
+		return fmt.Errorf("service %s from %s: %d connections, %d failed (first: %s)", pair.Service, pair.Client.Addr, rep.Connections, rep.Errors, rep.FirstError)
+	}
+	return nil
 }
 
 // snapshotBinaries copies membrane, membrane-agent and membrane-cni into

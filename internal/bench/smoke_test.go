@@ -28,8 +28,9 @@ const binDirEnv = "MEMBRANE_TEST_BIN_DIR"
 // MEMBRANE, one tiny policy-scaling case (tcp-rr on IPTABLES-100 and
 // MEMBRANE-POLICY-100), tcp-rr and tcp-stream on the four cross-node
 // topologies, three CNI ADDs per plugin (one after another, then at once),
-// the memory measurement with two endpoints, and three policy propagation
-// iterations with five endpoints.
+// the memory measurement with two endpoints, three policy propagation
+// iterations with five endpoints, and svc-crr on the service topologies
+// with 1 and 100 services.
 func smokeConfig(bin, work string, t *testing.T) Config {
 	rr := []string{WorkloadTCPRR}
 	return Config{
@@ -39,8 +40,8 @@ func smokeConfig(bin, work string, t *testing.T) Config {
 		Topologies: append([]TopologySpec{{Kind: KindDirect}, {Kind: KindMembrane},
 			{Kind: KindIPTables, PolicyEntries: smokePolicyEntries, Workloads: rr},
 			{Kind: KindMembranePolicy, PolicyEntries: smokePolicyEntries, Workloads: rr}},
-			crossNodeTopologies([]string{WorkloadTCPRR, WorkloadTCPStream})...),
-		Workloads:   []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR},
+			append(crossNodeTopologies([]string{WorkloadTCPRR, WorkloadTCPStream}), serviceTopologies(smokeServices)...)...),
+		Workloads:   []string{WorkloadTCPRR, WorkloadTCPStream, WorkloadTCPCRR, WorkloadUDPRR, WorkloadSvcCRR},
 		CNI:         CNIConfig{Plugins: []string{"membrane", "ptp"}, Concurrency: []int{1, 3}, Batch: 3, Rounds: 1},
 		Memory:      MemoryConfig{Endpoints: 2, Settle: 200 * time.Millisecond},
 		Propagation: PropagationConfig{Endpoints: 5, Iterations: 3, Interval: 500 * time.Microsecond, Timeout: 3 * time.Second},
@@ -51,6 +52,8 @@ func smokeConfig(bin, work string, t *testing.T) Config {
 }
 
 const smokePolicyEntries = 100
+
+var smokeServices = []int{1, 100}
 
 // TestSmoke runs the harness end to end, briefly, and checks that it
 // produces well-formed results (every number positive, JSON round-trips,
@@ -121,6 +124,24 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	nsvc := 0
+	for _, topo := range res.Topologies {
+		if !topo.Spec.service() {
+			continue
+		}
+		nsvc++
+		si := topo.Services
+		if si == nil || si.Services != topo.Spec.Services || si.Measured != measuredServiceAddr(topo.Spec.Services) || si.InstallSeconds <= 0 {
+			t.Errorf("%s: service install %+v, want %d services, measured %s", topo.Name, si, topo.Spec.Services, measuredServiceAddr(topo.Spec.Services))
+			continue
+		}
+		if topo.Spec.Kind == KindMembraneSvc && (si.LBMapServices < si.Services || topo.Pair == nil || topo.Pair.Client.Cgroup == "") {
+			t.Errorf("%s: %d service ports in the LB map for %d services, pair %+v (want the client in its pod's cgroup)", topo.Name, si.LBMapServices, si.Services, topo.Pair)
+		}
+	}
+	if nsvc != 3*len(smokeServices) {
+		t.Errorf("%d service topologies, want %d", nsvc, 3*len(smokeServices))
+	}
 	if p := res.Propagation; p == nil || p.Endpoints != 5 || len(p.DenyMs)+p.DenyTimeouts != 3 || len(p.AllowMs)+p.AllowTimeouts != 3 {
 		t.Errorf("propagation result: %+v, want 3 iterations at 5 endpoints", p)
 	}
@@ -146,7 +167,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(res, back, cmpopts.IgnoreFields(Config{}, "Logger", "BinDir", "WorkDir", "CNIPluginDir"), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
+	if diff := cmp.Diff(res, back, cmpopts.IgnoreFields(Config{}, "Logger", "BinDir", "WorkDir", "CNIPluginDir"), cmpopts.EquateComparable(netip.Addr{}, netip.AddrPort{}, netip.Prefix{})); diff != "" {
 		t.Errorf("results differ after a JSON round trip (-ran +loaded):\n%s", diff)
 	}
 	if latest, err := LatestResults(filepath.Join(dir, "results")); err != nil || filepath.Base(latest) != "latest-smoke.json" {
@@ -164,12 +185,13 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, want := range []string{"## The targets", "MEMBRANE / DIRECT", "### tcp-rr", "### CNI ADD latency", "### Agent memory per endpoint",
 		"## Policy scaling", "| " + policyName + " | 100 |", "## Policy propagation", "| apply → denied | 3 |", ChartRatios, ChartCNI, ChartPolicy,
-		"## Cross-node", "| MEMBRANE-VXLAN-2NODE / KERNEL-VXLAN | ≥ 0.9? |", "| tcp-stream (Gbit/s) |", ChartCrossNode} {
+		"## Cross-node", "| MEMBRANE-VXLAN-2NODE / KERNEL-VXLAN | ≥ 0.9? |", "| tcp-stream (Gbit/s) |", ChartCrossNode,
+		"## Services", "### N = 100", "| NFT-VMAP-100 |", "| KUBE-PROXY-IPTABLES-100 | 100 | iptables-restore", ChartServices} {
 		if !bytes.Contains(md, []byte(want)) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	for _, c := range []string{ChartRatios, ChartCNI, ChartPolicy, ChartCrossNode} {
+	for _, c := range []string{ChartRatios, ChartCNI, ChartPolicy, ChartCrossNode, ChartServices} {
 		f, err := os.Open(filepath.Join(docs, c))
 		if err != nil {
 			t.Errorf("chart: %v", err)

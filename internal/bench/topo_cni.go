@@ -77,7 +77,10 @@ type membrane struct {
 	agentArgs []string // the run's extra agent flags
 	lab       *lab.Lab
 	info      MembraneInfo
+	svc       *ServiceInstall // MEMBRANE-SVC-N
 }
+
+func (m *membrane) serviceInstall() *ServiceInstall { return m.svc }
 
 // MembraneInfo is what setting up a Membrane topology found out.
 type MembraneInfo struct {
@@ -106,6 +109,10 @@ func (m *membrane) Describe() string {
 		d += fmt.Sprintf("; server pod selected by NetworkPolicies with %d never-matching ingress rules "+
 			"(`ipBlock` 10.99.x.y/32 + one TCP port each, the pairs of the IPTABLES-N rules: one CIDR identity and one policy map entry each) "+
 			"and one rule allowing the client pod", m.spec.PolicyEntries)
+	}
+	if m.spec.Kind == KindMembraneSvc {
+		d += fmt.Sprintf("; %d v1 Services selecting the server pod (one TCP port each, cluster IPs 10.96.0.10 onwards given explicitly, the baselines' addresses), "+
+			"translated at connect() by the agent's cgroup hooks; the client runs in its pod's cgroup", m.spec.Services)
 	}
 	if m.spec.MonitorLevel != "" {
 		d += fmt.Sprintf("; agent run with `--monitor-level=%s`", m.spec.MonitorLevel)
@@ -164,6 +171,14 @@ func (m *membrane) Setup(ctx context.Context, env *Env) (Pair, error) {
 			return Pair{}, fmt.Errorf("set up %s: %w", m.spec.Name(), err)
 		}
 		ep := Endpoint{Netns: p.Netns, Addr: p.IP}
+		if m.spec.Kind == KindMembraneSvc {
+			// Service translation happens in the cgroup hooks: the
+			// workload's processes must be born in the pod's cgroup.
+			if p.Cgroup == "" {
+				return Pair{}, fmt.Errorf("set up %s: pod %s has no cgroup (the lab runs without cgroup v2?)", m.spec.Name(), name)
+			}
+			ep.Cgroup = p.Cgroup
+		}
 		if i == 0 {
 			pair.Client = ep
 		} else {
@@ -178,6 +193,15 @@ func (m *membrane) Setup(ctx context.Context, env *Env) (Pair, error) {
 		}
 		m.info.Policy = pi
 		env.Log.Info("policy installed", "topology", m.spec.Name(), "entries", pi.Entries, "took", fmt.Sprintf("%.1fs", pi.InstallSeconds))
+	}
+	if m.spec.Kind == KindMembraneSvc {
+		si, err := installServices(ctx, c, m.spec.Services, pair.Server.Addr)
+		if err != nil {
+			return Pair{}, fmt.Errorf("set up %s: %w", m.spec.Name(), err)
+		}
+		m.svc = si
+		pair.Service = si.Measured
+		env.Log.Info("services installed", "topology", m.spec.Name(), "services", si.Services, "took", fmt.Sprintf("%.1fs", si.InstallSeconds))
 	}
 	st, err := c.Status(ctx)
 	if err != nil {

@@ -176,7 +176,7 @@ func (k *kernelTwoNode) plan(fabric string, nodes, pods [2]string) ([][]string, 
 			[]string{"ip", "-n", n, "route", "add", remote.String(), "via", remoteVTEP, "dev", kernelVXLANDev, "onlink"},
 		)
 	}
-	return steps, Pair{Client: Endpoint{pods[0], podIP[0]}, Server: Endpoint{pods[1], podIP[1]}}
+	return steps, Pair{Client: Endpoint{Netns: pods[0], Addr: podIP[0]}, Server: Endpoint{Netns: pods[1], Addr: podIP[1]}}
 }
 
 // fabricSteps joins two node namespaces through a bridge in the fabric

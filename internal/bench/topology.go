@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Endpoint is one side of a benchmark: a network namespace and the address
@@ -13,12 +14,20 @@ import (
 type Endpoint struct {
 	Netns string     `json:"netns"`
 	Addr  netip.Addr `json:"addr"`
+	// Cgroup is the cgroup v2 directory the endpoint's processes must run
+	// in ("" = wherever the harness runs): a Membrane pod's, for the
+	// service topologies, whose translation happens in cgroup hooks.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // Pair is what a topology hands to workloads: a client and a server.
 type Pair struct {
 	Client Endpoint `json:"client"`
 	Server Endpoint `json:"server"`
+	// Service, when set, is the address clients of the service workload
+	// connect to instead of the server's (a cluster IP and port that the
+	// datapath translates to the server).
+	Service netip.AddrPort `json:"service,omitzero"`
 }
 
 // Topology is a datapath under test. Setup builds it inside namespaces the
@@ -33,13 +42,17 @@ type Topology interface {
 // topologyKinds builds a topology from its spec; idx is its position in
 // the run (it picks the address block 10.213.<idx>.0/24).
 var topologyKinds = map[string]func(spec TopologySpec, idx int) Topology{
-	KindDirect:         func(s TopologySpec, i int) Topology { return &direct{spec: s, idx: i} },
-	KindRouted:         func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindIPTables:       func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindNFTSet:         func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
-	KindBridge:         func(s TopologySpec, i int) Topology { return &bridge{spec: s, idx: i} },
-	KindMembrane:       func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
-	KindMembranePolicy: func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
+	KindDirect:   func(s TopologySpec, i int) Topology { return &direct{spec: s, idx: i} },
+	KindRouted:   func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindIPTables: func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindNFTSet:   func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	// Services (services.go).
+	KindKubeProxyIPTables: func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindNFTVMap:           func(s TopologySpec, i int) Topology { return &routed{spec: s, idx: i} },
+	KindMembraneSvc:       func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
+	KindBridge:            func(s TopologySpec, i int) Topology { return &bridge{spec: s, idx: i} },
+	KindMembrane:          func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
+	KindMembranePolicy:    func(s TopologySpec, i int) Topology { return &membrane{spec: s, idx: i} },
 	// Cross-node (topo_crossnode.go).
 	KindKernelVXLAN:         func(s TopologySpec, i int) Topology { return &kernelTwoNode{spec: s, idx: i} },
 	KindRouted2Node:         func(s TopologySpec, i int) Topology { return &kernelTwoNode{spec: s, idx: i} },
@@ -106,7 +119,7 @@ func (d *direct) Setup(ctx context.Context, env *Env) (Pair, error) {
 	if err := runSteps(ctx, steps); err != nil {
 		return Pair{}, fmt.Errorf("set up %s: %w", d.spec.Name(), err)
 	}
-	return Pair{Client: Endpoint{c, ca}, Server: Endpoint{s, sa}}, nil
+	return Pair{Client: Endpoint{Netns: c, Addr: ca}, Server: Endpoint{Netns: s, Addr: sa}}, nil
 }
 
 func prefixOf(a netip.Addr, bits int) string { return a.String() + "/" + strconv.Itoa(bits) }
@@ -130,7 +143,10 @@ func runSteps(ctx context.Context, steps [][]string) error {
 type routed struct {
 	spec TopologySpec
 	idx  int
+	svc  *ServiceInstall // the service kinds
 }
+
+func (r *routed) serviceInstall() *ServiceInstall { return r.svc }
 
 func (r *routed) Describe() string {
 	base := "pods with a veth each to a node namespace; kernel routing (/32 routes, link-local gateway 169.254.1.1), no BPF"
@@ -139,6 +155,13 @@ func (r *routed) Describe() string {
 		return base + fmt.Sprintf("; iptables FORWARD chain with %d non-matching `-s 10.99.x.y/32 -p tcp --dport P -j DROP` rules before the ACCEPT", r.spec.PolicyEntries)
 	case KindNFTSet:
 		return base + fmt.Sprintf("; one nftables forward rule looking `ip saddr . meta l4proto . th dport` up in a %d-element hash set (never matching)", r.spec.PolicyEntries)
+	case KindKubeProxyIPTables:
+		return base + fmt.Sprintf("; %d services as kube-proxy's iptables mode writes them in the node's nat table "+
+			"(PREROUTING/OUTPUT → KUBE-SERVICES, one `-d VIP/32 -p tcp --dport 80 -j KUBE-SVC-…` rule per service, KUBE-SVC-… → KUBE-SEP-… → DNAT, "+
+			"KUBE-MARK-MASQ/KUBE-POSTROUTING masquerade marking), loaded with iptables-restore; the measured service's rule is the last of KUBE-SERVICES", r.spec.Services)
+	case KindNFTVMap:
+		return base + fmt.Sprintf("; %d services as kube-proxy's nftables mode writes them "+
+			"(one `ip daddr . meta l4proto . th dport vmap @service-ips` lookup from the nat prerouting/output hooks, a chain per service and per endpoint that DNATs, masquerade marking), loaded with nft -f", r.spec.Services)
 	}
 	return base
 }
@@ -174,8 +197,39 @@ func (r *routed) Setup(ctx context.Context, env *Env) (Pair, error) {
 			[]string{"ip", "-n", n, "route", "add", prefixOf(p.addr, 32), "dev", p.host},
 		)
 	}
+	if r.spec.service() {
+		// Services are reached through the node, as pods reach them with
+		// kube-proxy (their default route).
+		for _, ns := range []string{c, s} {
+			steps = append(steps, []string{"ip", "-n", ns, "route", "add", serviceCIDR.String(), "via", gw, "dev", "eth0"})
+		}
+	}
 	if err := runSteps(ctx, steps); err != nil {
 		return Pair{}, fmt.Errorf("set up %s: %w", r.spec.Name(), err)
+	}
+	pair := Pair{Client: Endpoint{Netns: c, Addr: ca}, Server: Endpoint{Netns: s, Addr: sa}}
+	switch r.spec.Kind {
+	case KindKubeProxyIPTables, KindNFTVMap:
+		node, n := n, r.spec.Services
+		eps := []netip.AddrPort{netip.AddrPortFrom(sa, svcServerPort)}
+		si := &ServiceInstall{Services: n, Measured: measuredServiceAddr(n), MeasuredPosition: measuredService(n)}
+		var input []byte
+		argv := []string{"ip", "netns", "exec", node, "iptables-restore"}
+		if r.spec.Kind == KindKubeProxyIPTables {
+			input, si.Rules = kubeProxyIPTables(n, eps, baselineClusterCIDR)
+			si.How = "iptables-restore of the nat table (one file)"
+		} else {
+			input, si.Rules = nftVMap(n, eps, baselineClusterCIDR)
+			argv = []string{"ip", "netns", "exec", node, "nft", "-f", "-"}
+			si.How = "nft -f (one file)"
+		}
+		t0 := time.Now()
+		if _, err := outputIn(ctx, 10*cmdTimeout, input, argv[0], argv[1:]...); err != nil {
+			return Pair{}, fmt.Errorf("set up %s: load %d services: %w", r.spec.Name(), n, err)
+		}
+		si.InstallSeconds = time.Since(t0).Seconds()
+		r.svc = si
+		pair.Service = si.Measured
 	}
 	switch r.spec.Kind {
 	case KindIPTables:
@@ -187,7 +241,7 @@ func (r *routed) Setup(ctx context.Context, env *Env) (Pair, error) {
 			return Pair{}, fmt.Errorf("set up %s: load ruleset: %w", r.spec.Name(), err)
 		}
 	}
-	return Pair{Client: Endpoint{c, ca}, Server: Endpoint{s, sa}}, nil
+	return pair, nil
 }
 
 // denyEntry is the i-th never-matching policy entry: a source in
