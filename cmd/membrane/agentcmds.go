@@ -85,6 +85,15 @@ func newStatusCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "Policy:\t%d policies, %d namespaces, revision %d (store %d), computed in %s%s\n",
 					st.Policy.Policies, st.Policy.Namespaces, st.Policy.Revision, st.Policy.RealizedRevision, st.Policy.LastDuration.Round(time.Microsecond), perr)
+				serr := ""
+				if st.Services.LastError != "" {
+					serr = " — NOT FULLY APPLIED: " + st.Services.LastError
+				}
+				fmt.Fprintf(w, "Services:\t%d frontends, %d backends, synced in %s%s\n", st.Services.Frontends, st.Services.Backends,
+					st.Services.LastDuration.Round(time.Microsecond), serr)
+				for _, warn := range st.Services.Warnings {
+					fmt.Fprintf(w, "\t%s\n", warn)
+				}
 				pct := 0.0
 				if st.Datapath.EndpointMapSize > 0 {
 					pct = 100 * float64(st.Datapath.EndpointEntries) / float64(st.Datapath.EndpointMapSize)

@@ -45,6 +45,7 @@ func (a *Agent) Status(ctx context.Context) api.Status {
 		PodCIDR: a.pool, RouterIP: a.router, StateDir: a.cfg.StateDir, SocketPath: a.cfg.SocketPath,
 		Endpoints: a.eps.Count(),
 		Policy:    a.policy.status(),
+		Services:  a.services.status(),
 		Kvstore:   api.KvstoreStatus{Mode: a.kv.Mode(), Endpoints: a.kv.Endpoints(), Healthy: true},
 		Datapath:  api.DatapathStatus{PinDir: a.cfg.PinDir(), EndpointMapSize: a.dp.EndpointMapCapacity(), HostDevice: link.HostDevice},
 		IPAM:      api.IPAMStatus{Pool: a.alloc.Pool(), Allocated: len(a.alloc.Allocations()), Capacity: a.alloc.Capacity()},

@@ -98,6 +98,7 @@ func (a *Agent) prepareServices(ctx context.Context, objs []policy.Object) (clai
 		}
 	}()
 	var stored map[kvstore.Ref]policy.Object
+	var pending []*policy.Object
 	cidr, _ := a.cfg.ServicePrefix()
 	lo, hi, _ := a.cfg.NodePorts()
 	for i := range objs {
@@ -112,13 +113,16 @@ func (a *Agent) prepareServices(ctx context.Context, objs []policy.Object) (clai
 			}
 		}
 		if stored == nil {
-			all, _, err := a.resources.List(ctx)
-			if err != nil {
-				return nil, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
+			// The stored versions of this apply's services (their cluster IPs).
+			var refs []kvstore.Ref
+			for i := range objs {
+				if objs[i].Kind == policy.KindService {
+					refs = append(refs, kvstore.RefOf(&objs[i]))
+				}
 			}
-			stored = map[kvstore.Ref]policy.Object{}
-			for _, s := range all {
-				stored[kvstore.RefOf(&s)] = s
+			var err error
+			if stored, err = a.resources.Get(ctx, refs); err != nil {
+				return nil, &api.Error{Code: api.CodeUnavailable, Message: err.Error()}
 			}
 		}
 		prev := ""
@@ -133,12 +137,7 @@ func (a *Agent) prepareServices(ctx context.Context, objs []policy.Object) (clai
 		case ip == "" && prev != "" && prev != "None":
 			o.Service.ClusterIP = prev
 		case ip == "":
-			got, err := kvstore.AllocateServiceIP(ctx, a.kv.Client, owner, cidr)
-			if err != nil {
-				return nil, &api.Error{Code: api.CodeExhausted, Message: err.Error()}
-			}
-			claimed[owner] = got
-			o.Service.ClusterIP = got.String()
+			pending = append(pending, o) // allocated together below
 		default:
 			addr, err := netip.ParseAddr(ip)
 			if err != nil || !cidr.Contains(addr) {
@@ -157,6 +156,20 @@ func (a *Agent) prepareServices(ctx context.Context, objs []policy.Object) (clai
 			if prev == "" {
 				claimed[owner] = addr
 			}
+		}
+	}
+	if len(pending) > 0 {
+		owners := make([]string, len(pending))
+		for i, o := range pending {
+			owners[i] = o.Namespace + "/" + o.Name
+		}
+		got, err := kvstore.AllocateServiceIPs(ctx, a.kv.Client, owners, cidr)
+		if err != nil {
+			return nil, &api.Error{Code: api.CodeExhausted, Message: err.Error() + "; nothing was stored"}
+		}
+		for i, o := range pending {
+			claimed[owners[i]] = got[owners[i]]
+			o.Service.ClusterIP = got[owners[i]].String()
 		}
 	}
 	return claimed, nil

@@ -257,6 +257,20 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 	return errors.Join(errs...)
 }
 
+func (s *serviceEngine) status() api.ServiceStatus {
+	if s == nil {
+		return api.ServiceStatus{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := api.ServiceStatus{Frontends: len(s.applied), Backends: len(s.backends), LastSync: s.lastSync,
+		LastDuration: s.lastDur, Warnings: s.result.Warnings}
+	if s.lastErr != nil {
+		st.LastError = s.lastErr.Error()
+	}
+	return st
+}
+
 func sameLBService(a, b loader.LBService) bool {
 	if a.Frontend != b.Frontend || a.Proto != b.Proto || a.RevNatID != b.RevNatID || a.Flags != b.Flags ||
 		a.AffinityTimeout != b.AffinityTimeout || len(a.Backends) != len(b.Backends) || len(a.Maglev) != len(b.Maglev) {

@@ -24,8 +24,19 @@ type Status struct {
 	IPAM       IPAMStatus     `json:"ipam"`
 	Endpoints  int            `json:"endpoints"`
 	Policy     PolicyStatus   `json:"policy"`
+	Services   ServiceStatus  `json:"services"`
 	StateDir   string         `json:"stateDir"`
 	SocketPath string         `json:"socketPath"`
+}
+
+// ServiceStatus summarises the node's load balancing.
+type ServiceStatus struct {
+	Frontends    int           `json:"frontends"`
+	Backends     int           `json:"backends"`
+	LastSync     time.Time     `json:"lastSync,omitzero"`
+	LastDuration time.Duration `json:"lastDuration"`
+	LastError    string        `json:"lastError,omitempty"`
+	Warnings     []string      `json:"warnings,omitempty"`
 }
 
 // KvstoreStatus describes the agent's connection to etcd.

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (_ *Speaker, retErr error) {
 		if cfg.RestartTime > 0 {
 			peer.GracefulRestart = &gapi.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)}
 			peer.AfiSafis = []*gapi.AfiSafi{{
-				Config: &gapi.AfiSafiConfig{Family: &gapi.Family{Afi: gapi.Family_AFI_IP, Safi: gapi.Family_SAFI_UNICAST}, Enabled: true},
+				Config:            &gapi.AfiSafiConfig{Family: &gapi.Family{Afi: gapi.Family_AFI_IP, Safi: gapi.Family_SAFI_UNICAST}, Enabled: true},
 				MpGracefulRestart: &gapi.MpGracefulRestart{Config: &gapi.MpGracefulRestartConfig{Enabled: true}},
 			}}
 		}

@@ -170,6 +170,33 @@ func (s *ResourceStore) List(ctx context.Context) ([]policy.Object, int64, error
 	return out, resp.Header.Revision, nil
 }
 
+// Get returns the stored objects among refs (missing ones are left out),
+// in one read.
+func (s *ResourceStore) Get(ctx context.Context, refs []Ref) (map[Ref]policy.Object, error) {
+	if len(refs) > MaxApplyObjects {
+		return nil, fmt.Errorf("get %d resources: at most %d in one read", len(refs), MaxApplyObjects)
+	}
+	gets := make([]clientv3.Op, len(refs))
+	for i, r := range refs {
+		gets[i] = clientv3.OpGet(s.key(r))
+	}
+	resp, err := s.c.Txn(ctx).Then(gets...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read resources: %w", err)
+	}
+	out := map[Ref]policy.Object{}
+	for i, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			var o policy.Object
+			if err := json.Unmarshal(kv.Value, &o); err != nil {
+				return nil, fmt.Errorf("decode stored resource %s: %w", kv.Key, err)
+			}
+			out[refs[i]] = o
+		}
+	}
+	return out, nil
+}
+
 // Watch sends the store revision of every change under the prefix after
 // rev until ctx ends. The channel is closed when the watch ends.
 func (s *ResourceStore) Watch(ctx context.Context, rev int64) <-chan int64 {

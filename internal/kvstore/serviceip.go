@@ -86,3 +86,60 @@ func ReleaseServiceIP(ctx context.Context, c *clientv3.Client, owner string, ip 
 	}
 	return nil
 }
+
+// AllocateServiceIPs gives every owner ("ns/name") the address it holds
+// in cidr, or a free one, reading the allocations once and claiming the
+// new addresses in one transaction (retried if another writer raced it).
+// For the services of one apply: n services cost one read, not n.
+func AllocateServiceIPs(ctx context.Context, c *clientv3.Client, owners []string, cidr netip.Prefix) (map[string]netip.Addr, error) {
+	cidr = cidr.Masked()
+	size := 1 << (cidr.Addr().BitLen() - cidr.Bits())
+	for attempt := 0; attempt < 5; attempt++ {
+		resp, err := c.Get(ctx, ServiceIPsPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return nil, fmt.Errorf("allocate cluster IPs: %w", err)
+		}
+		out := map[string]netip.Addr{}
+		used := map[netip.Addr]bool{}
+		for _, kv := range resp.Kvs {
+			ip, err := netip.ParseAddr(string(kv.Key[len(ServiceIPsPrefix):]))
+			if err != nil {
+				continue
+			}
+			used[ip] = true
+			if cidr.Contains(ip) {
+				out[string(kv.Value)] = ip
+			}
+		}
+		var conds []clientv3.Cmp
+		var puts []clientv3.Op
+		next, i := cidr.Addr().Next(), 1
+		for _, o := range owners {
+			if _, ok := out[o]; ok {
+				continue
+			}
+			for i < size-1 && used[next] {
+				next, i = next.Next(), i+1
+			}
+			if i >= size-1 {
+				return nil, fmt.Errorf("allocate cluster IP for service %s: all %d addresses of %s are taken", o, size-2, cidr)
+			}
+			key := ServiceIPsPrefix + next.String()
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			puts = append(puts, clientv3.OpPut(key, o))
+			out[o] = next
+			used[next] = true
+		}
+		if len(puts) == 0 {
+			return out, nil
+		}
+		t, err := c.Txn(ctx).If(conds...).Then(puts...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("allocate cluster IPs for %d services: %w", len(puts), err)
+		}
+		if t.Succeeded {
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("allocate cluster IPs for %d services: other writers kept taking the same addresses; try again", len(owners))
+}

@@ -67,3 +67,45 @@ func TestServiceIPs(t *testing.T) {
 		t.Errorf("claim after release: %v", err)
 	}
 }
+
+func TestAllocateServiceIPsBatch(t *testing.T) {
+	s := openTestStore(t)
+	ctx := context.Background()
+	cidr := netip.MustParsePrefix("10.96.0.0/28") // 14 usable
+	// One address is taken by a single allocation first.
+	first, err := AllocateServiceIP(ctx, s.Client, "default/one", cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := []string{"default/one", "a/x", "a/y", "b/z"}
+	got, err := AllocateServiceIPs(ctx, s.Client, owners, cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["default/one"] != first {
+		t.Errorf("default/one got %s in the batch, holds %s", got["default/one"], first)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, o := range owners {
+		ip := got[o]
+		if !cidr.Contains(ip) || seen[ip] {
+			t.Errorf("%s got %s (duplicate or outside %s)", o, ip, cidr)
+		}
+		seen[ip] = true
+	}
+	// Stable: asking again changes nothing; the rest of the pool is exact.
+	again, err := AllocateServiceIPs(ctx, s.Client, owners, cidr)
+	if err != nil || fmt.Sprint(again) != fmt.Sprint(got) {
+		t.Errorf("second batch %v, %v; want %v", again, err, got)
+	}
+	var many []string
+	for i := range 10 {
+		many = append(many, fmt.Sprintf("c/s%d", i))
+	}
+	if _, err := AllocateServiceIPs(ctx, s.Client, many, cidr); err != nil {
+		t.Errorf("10 more in a /28 with 4 taken: %v", err)
+	}
+	if _, err := AllocateServiceIPs(ctx, s.Client, []string{"c/late"}, cidr); err == nil {
+		t.Error("a 15th service got an address of a /28")
+	}
+}

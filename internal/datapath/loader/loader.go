@@ -84,7 +84,7 @@ type Config struct {
 	// socket hook translated are translated by the endpoint program.
 	// Invalid (zero) = off.
 	ServiceCIDR netip.Prefix
-	CTTimeouts      CTTimeouts // zero fields = defaults
+	CTTimeouts  CTTimeouts // zero fields = defaults
 	// EventsRingSize is the size in bytes of the flow event ring buffer:
 	// 0 = default 4 MiB, else a power of two and a multiple of the page
 	// size. Unlike the other maps, a pinned ring of another size is
