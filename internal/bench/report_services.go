@@ -226,7 +226,7 @@ func renderServices(top *Results, p func(string, ...any)) {
 		}
 	}
 	p("\nMembrane's install time runs from the first apply call to the agent's service list (`membrane service list`) showing all N with their backend active; " +
-		"every service claims its cluster IP in an etcd transaction and is stored in etcd, and the agent recomputes the services on each change. " +
+		"the cluster IPs of one apply are claimed in one etcd transaction, every service is stored in etcd, and the agent recomputes the services on each change. " +
 		"The baselines' is one `iptables-restore` or `nft -f` of the whole file, which is what kube-proxy does on a full sync.\n\n")
 }
 
