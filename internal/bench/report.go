@@ -352,8 +352,11 @@ func WriteReport(r *Results, docsDir, resultsRef string) error {
 	if err := os.MkdirAll(filepath.Join(docsDir, "images"), 0o755); err != nil {
 		return fmt.Errorf("create docs dir: %w", err)
 	}
-	if err := RatioChart(r, filepath.Join(docsDir, ChartRatios)); err != nil {
-		return err
+	// A run of the control plane alone (--skip datapath) has no ratios.
+	if len(r.Measurements) > 0 {
+		if err := RatioChart(r, filepath.Join(docsDir, ChartRatios)); err != nil {
+			return err
+		}
 	}
 	if len(r.CNI) > 0 {
 		if err := CNIChart(r, filepath.Join(docsDir, ChartCNI)); err != nil {
