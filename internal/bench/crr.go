@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The svc-crr workload: connect, request, close through a service. Each
@@ -104,15 +106,15 @@ func runCRR(job crrJob) (crrReport, error) {
 		// write, SO_RCVTIMEO each read.
 		_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv)
 		_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-		if err := syscall.Connect(fd, sa); err != nil {
+		if err := connectEINTR(fd, sa, job.Timeout); err != nil {
 			return fmt.Errorf("connect %s: %w", job.Addr, err)
 		}
-		if _, err := syscall.Write(fd, req); err != nil {
+		if _, err := retryEINTR(func() (int, error) { return syscall.Write(fd, req) }); err != nil {
 			return fmt.Errorf("write to %s: %w", job.Addr, err)
 		}
 		got := 0
 		for range 64 { // a 3-byte answer with headers takes one or two reads
-			n, err := syscall.Read(fd, buf)
+			n, err := retryEINTR(func() (int, error) { return syscall.Read(fd, buf) })
 			if err != nil {
 				return fmt.Errorf("read from %s: %w", job.Addr, err)
 			}
@@ -290,3 +292,52 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 }
 
 func (l *limitedBuffer) String() string { return string(l.b) }
+
+// Socket calls with SO_SNDTIMEO/SO_RCVTIMEO set are not restarted after a
+// signal (signal(7)), and the Go runtime signals its threads (preemption):
+// EINTR is retried here, a bounded number of times.
+func retryEINTR(f func() (int, error)) (int, error) {
+	for range 100 {
+		n, err := f()
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+	return 0, syscall.EINTR
+}
+
+// connectEINTR connects a blocking socket; a connect interrupted by a
+// signal goes on in the kernel, so it waits for the socket to become
+// writable and reads the outcome from SO_ERROR.
+func connectEINTR(fd int, sa syscall.Sockaddr, timeout time.Duration) error {
+	err := syscall.Connect(fd, sa)
+	if err != syscall.EINTR {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return syscall.ETIMEDOUT
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return syscall.ETIMEDOUT
+		}
+		soerr, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soerr != 0 {
+			return syscall.Errno(soerr)
+		}
+		return nil
+	}
+}
