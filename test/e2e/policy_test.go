@@ -87,6 +87,14 @@ func runPolicyMatrices(t *testing.T, l *lab.Lab, nodeOf func(i int) string) {
 	}
 	alphaWeb := find("alpha/web")
 
+	// Before the steps: every pod reaches every pod (in native mode the
+	// router learns the nodes' pod CIDRs by BGP a few seconds after they
+	// come up; the steps test policy, not how fast routes converge).
+	eventually(t, 60*time.Second, "pods reach each other before any policy", func() bool {
+		m, err := l.Probe(ctx, lab.ProbeSpec{Proto: "tcp", Port: 8080, Timeout: time.Second})
+		return err == nil && m.Full()
+	})
+
 	type step struct {
 		name   string
 		apply  string // manifest to apply
