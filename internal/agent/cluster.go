@@ -139,7 +139,7 @@ func (c *clusterSync) resync(ctx context.Context) (int64, error) {
 		}
 		remote[netip.PrefixFrom(r.IP, r.IP.BitLen())] = r.Identity
 		pods = append(pods, service.Pod{IP: r.IP, Namespace: r.Namespace, Name: r.Pod, Node: r.Node, Labels: r.Labels,
-			NamedPorts: r.Ports, Ready: r.Readiness == "", Terminating: r.Readiness == api.ReadinessTerminating})
+			NamedPorts: r.Ports, Ready: readyFor(r.Readiness), Terminating: r.Readiness == api.ReadinessTerminating})
 	}
 	if err := c.syncTunnels(nodes); err != nil {
 		return 0, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/membrane-net/membrane/internal/api"
 	"github.com/membrane-net/membrane/internal/datapath/loader"
+	"github.com/membrane-net/membrane/internal/policy"
 	"github.com/membrane-net/membrane/internal/service"
 )
 
@@ -23,19 +25,16 @@ import (
 type serviceEngine struct {
 	a *Agent
 
-	mu          sync.Mutex
-	loaded      bool
-	backendIDs  map[backendKey]uint32
-	nextBackend uint32
-	backends    map[uint32]loader.LBBackend // as written
-	revNats     map[frontendKey]uint16
-	usedRevNat  map[uint16]bool
-	nextRevNat  uint16
-	applied     map[frontendKey]appliedFrontend
-	result      service.Result
-	lastErr     error
-	lastSync    time.Time
-	lastDur     time.Duration
+	mu         sync.Mutex
+	loaded     bool
+	backendIDs *idPool[backendKey]         // backend id per backend (1..2^32-1)
+	backends   map[uint32]loader.LBBackend // as written
+	revNats    *idPool[frontendKey]        // service port id per frontend (1..65535)
+	applied    map[frontendKey]appliedFrontend
+	result     service.Result
+	lastErr    error
+	lastSync   time.Time
+	lastDur    time.Duration
 }
 
 type backendKey struct {
@@ -54,9 +53,56 @@ type appliedFrontend struct {
 }
 
 func newServiceEngine(a *Agent) *serviceEngine {
-	return &serviceEngine{a: a, backendIDs: map[backendKey]uint32{}, backends: map[uint32]loader.LBBackend{},
-		revNats: map[frontendKey]uint16{}, usedRevNat: map[uint16]bool{}, applied: map[frontendKey]appliedFrontend{},
-		nextBackend: 1, nextRevNat: 1}
+	return &serviceEngine{a: a, backendIDs: newIDPool[backendKey](1<<32 - 1), backends: map[uint32]loader.LBBackend{},
+		revNats: newIDPool[frontendKey](1<<16 - 1), applied: map[frontendKey]appliedFrontend{}}
+}
+
+// idPool hands out ids 1..max to keys; a key keeps its id until released.
+// Ids are handed out round-robin, so a released id is reused last.
+type idPool[K comparable] struct {
+	ids  map[K]uint32
+	used map[uint32]bool
+	next uint32
+	max  uint32
+}
+
+func newIDPool[K comparable](max uint32) *idPool[K] {
+	return &idPool[K]{ids: map[K]uint32{}, used: map[uint32]bool{}, next: 1, max: max}
+}
+
+// lookup returns k's id, 0 if it has none.
+func (p *idPool[K]) lookup(k K) uint32 { return p.ids[k] }
+
+// set records that k holds id (read back from the pinned maps).
+func (p *idPool[K]) set(k K, id uint32) {
+	p.ids[k], p.used[id] = id, true
+	if id >= p.next && id < p.max {
+		p.next = id + 1
+	}
+}
+
+// get returns k's id, giving it a free one if it has none.
+func (p *idPool[K]) get(k K) (uint32, bool) {
+	if id, ok := p.ids[k]; ok {
+		return id, true
+	}
+	if uint64(len(p.used)) >= uint64(p.max) {
+		return 0, false
+	}
+	for p.used[p.next] {
+		p.next = p.next%p.max + 1
+	}
+	id := p.next
+	p.next = p.next%p.max + 1
+	p.set(k, id)
+	return id, true
+}
+
+func (p *idPool[K]) release(k K) {
+	if id, ok := p.ids[k]; ok {
+		delete(p.used, id)
+		delete(p.ids, k)
+	}
 }
 
 // loadExisting reads what a previous run left in the pinned maps, so that
@@ -67,54 +113,15 @@ func (s *serviceEngine) loadExisting() error {
 		return err
 	}
 	for id, b := range backends {
-		s.backendIDs[backendKey{b.Addr, b.Proto}] = id
+		s.backendIDs.set(backendKey{b.Addr, b.Proto}, id)
 		s.backends[id] = b
-		s.nextBackend = max(s.nextBackend, id+1)
 	}
 	for _, e := range svcs {
 		k := frontendKey{e.Frontend, e.Proto}
-		s.revNats[k] = e.RevNatID
-		s.usedRevNat[e.RevNatID] = true
+		s.revNats.set(k, uint32(e.RevNatID))
 		s.applied[k] = appliedFrontend{svc: e.LBService, slots: len(e.Backends)}
 	}
 	return nil
-}
-
-func (s *serviceEngine) backendID(k backendKey) (uint32, error) {
-	if id, ok := s.backendIDs[k]; ok {
-		return id, nil
-	}
-	for range 1 << 20 {
-		id := s.nextBackend
-		s.nextBackend++
-		if s.nextBackend == 0 {
-			s.nextBackend = 1
-		}
-		if _, taken := s.backends[id]; !taken && id != 0 {
-			s.backendIDs[k] = id
-			return id, nil
-		}
-	}
-	return 0, fmt.Errorf("no free backend id for %s", k.addr)
-}
-
-func (s *serviceEngine) revNatID(k frontendKey) (uint16, error) {
-	if id, ok := s.revNats[k]; ok {
-		return id, nil
-	}
-	for range 1 << 16 {
-		id := s.nextRevNat
-		s.nextRevNat++
-		if s.nextRevNat == 0 {
-			s.nextRevNat = 1
-		}
-		if id != 0 && !s.usedRevNat[id] {
-			s.revNats[k] = id
-			s.usedRevNat[id] = true
-			return id, nil
-		}
-	}
-	return 0, fmt.Errorf("all 65535 service port ids are in use (frontend %s)", k.addr)
 }
 
 func backendState(b service.Backend) loader.BackendState {
@@ -152,9 +159,9 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 	for _, fe := range res.Frontends {
 		for _, b := range fe.Backends {
 			k := backendKey{netip.AddrPortFrom(b.Addr, b.Port), b.Proto}
-			id, err := s.backendID(k)
-			if err != nil {
-				return err
+			id, ok := s.backendIDs.get(k)
+			if !ok {
+				return fmt.Errorf("no free backend id for %s", k.addr)
 			}
 			lb := loader.LBBackend{Addr: k.addr, Proto: b.Proto, State: backendState(b)}
 			if cur, ok := wantBackends[id]; ok && cur.State < lb.State {
@@ -179,12 +186,12 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 	for _, fe := range res.Frontends {
 		k := frontendKey{netip.AddrPortFrom(fe.Addr, fe.Port), fe.Proto}
 		wantFE[k] = true
-		rn, err := s.revNatID(k)
-		if err != nil {
-			errs = append(errs, err)
+		rn, ok := s.revNats.get(k)
+		if !ok {
+			errs = append(errs, fmt.Errorf("all 65535 service port ids are in use (frontend %s)", k.addr))
 			continue
 		}
-		lb := loader.LBService{Frontend: k.addr, Proto: fe.Proto, RevNatID: rn}
+		lb := loader.LBService{Frontend: k.addr, Proto: fe.Proto, RevNatID: uint16(rn)}
 		if fe.Kind == service.NodePort {
 			lb.Flags |= loader.LBFlagNodePort
 		}
@@ -198,7 +205,7 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 			if backendState(b) != loader.BackendActive {
 				continue
 			}
-			id := s.backendIDs[backendKey{netip.AddrPortFrom(b.Addr, b.Port), b.Proto}]
+			id := s.backendIDs.lookup(backendKey{netip.AddrPortFrom(b.Addr, b.Port), b.Proto})
 			active = append(active, id)
 			names = append(names, b.Key())
 		}
@@ -236,8 +243,7 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 			continue
 		}
 		delete(s.applied, k)
-		delete(s.usedRevNat, s.revNats[k])
-		delete(s.revNats, k)
+		s.revNats.release(k)
 	}
 	for id, b := range s.backends {
 		if _, ok := wantBackends[id]; ok {
@@ -248,7 +254,7 @@ func (s *serviceEngine) sync(in service.Input) (retErr error) {
 			continue
 		}
 		delete(s.backends, id)
-		delete(s.backendIDs, backendKey{b.Addr, b.Proto})
+		s.backendIDs.release(backendKey{b.Addr, b.Proto})
 	}
 	s.result = res
 	for _, w := range res.Warnings {
@@ -272,21 +278,8 @@ func (s *serviceEngine) status() api.ServiceStatus {
 }
 
 func sameLBService(a, b loader.LBService) bool {
-	if a.Frontend != b.Frontend || a.Proto != b.Proto || a.RevNatID != b.RevNatID || a.Flags != b.Flags ||
-		a.AffinityTimeout != b.AffinityTimeout || len(a.Backends) != len(b.Backends) || len(a.Maglev) != len(b.Maglev) {
-		return false
-	}
-	for i := range a.Backends {
-		if a.Backends[i] != b.Backends[i] {
-			return false
-		}
-	}
-	for i := range a.Maglev {
-		if a.Maglev[i] != b.Maglev[i] {
-			return false
-		}
-	}
-	return true
+	return a.Frontend == b.Frontend && a.Proto == b.Proto && a.RevNatID == b.RevNatID && a.Flags == b.Flags &&
+		a.AffinityTimeout == b.AffinityTimeout && slices.Equal(a.Backends, b.Backends) && slices.Equal(a.Maglev, b.Maglev)
 }
 
 // servicePods is what Resolve needs of the local endpoints and the remote
@@ -295,13 +288,18 @@ func (a *Agent) servicePods(eps []api.Endpoint) []service.Pod {
 	pods := make([]service.Pod, 0, len(eps))
 	for _, ep := range eps {
 		pods = append(pods, service.Pod{IP: ep.IPv4, Namespace: ep.Namespace, Name: ep.Name, Node: a.cfg.NodeName,
-			Labels: ep.Labels, NamedPorts: ep.Ports, Ready: ep.Readiness != api.ReadinessNotReady && ep.Readiness != api.ReadinessTerminating,
-			Terminating: ep.Readiness == api.ReadinessTerminating})
+			Labels: ep.Labels, NamedPorts: ep.Ports, Ready: readyFor(ep.Readiness), Terminating: ep.Readiness == api.ReadinessTerminating})
 	}
 	if a.clusterSync != nil {
 		pods = append(pods, a.clusterSync.remotePods()...)
 	}
 	return pods
+}
+
+// readyFor says whether an endpoint's readiness (api.Endpoint.Readiness,
+// as published) takes new service connections.
+func readyFor(readiness string) bool {
+	return readiness == "" || readiness == api.ReadinessReady
 }
 
 // Services implements api.Backend: the frontends of every service with
@@ -319,11 +317,11 @@ func (a *Agent) Services(_ context.Context) ([]api.Service, error) {
 			order = append(order, fe.Service)
 		}
 		k := frontendKey{netip.AddrPortFrom(fe.Addr, fe.Port), fe.Proto}
-		out := api.ServiceFrontend{Kind: string(fe.Kind), Address: k.addr, Protocol: protoName(fe.Proto), PortName: fe.PortName,
-			Algorithm: string(fe.Algorithm), AffinityTimeout: fe.AffinityTimeout, RevNatID: a.services.revNats[k]}
+		out := api.ServiceFrontend{Kind: string(fe.Kind), Address: k.addr, Protocol: policy.ProtoName(fe.Proto), PortName: fe.PortName,
+			Algorithm: string(fe.Algorithm), AffinityTimeout: fe.AffinityTimeout, RevNatID: uint16(a.services.revNats.lookup(k))}
 		for _, b := range fe.Backends {
 			out.Backends = append(out.Backends, api.ServiceBackend{Address: netip.AddrPortFrom(b.Addr, b.Port), Node: b.Node, Pod: b.Pod,
-				State: backendState(b).String(), ID: a.services.backendIDs[backendKey{netip.AddrPortFrom(b.Addr, b.Port), b.Proto}]})
+				State: backendState(b).String(), ID: a.services.backendIDs.lookup(backendKey{netip.AddrPortFrom(b.Addr, b.Port), b.Proto})})
 		}
 		svc.Frontends = append(svc.Frontends, out)
 	}
@@ -354,16 +352,6 @@ func (a *Agent) Service(ctx context.Context, ref string) (api.Service, error) {
 	return api.Service{}, &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("service %q: no such service with a frontend on this node", ref)}
 }
 
-func protoName(p uint8) string {
-	switch p {
-	case 6:
-		return "TCP"
-	case 17:
-		return "UDP"
-	}
-	return fmt.Sprintf("proto-%d", p)
-}
-
 // BPFLB implements api.Backend: the load-balancing maps as they are.
 func (a *Agent) BPFLB(context.Context) (api.BPFLB, error) {
 	svcs, backends, err := a.dp.ListLB()
@@ -372,7 +360,7 @@ func (a *Agent) BPFLB(context.Context) (api.BPFLB, error) {
 	}
 	var out api.BPFLB
 	for _, s := range svcs {
-		e := api.BPFLBService{Frontend: s.Frontend, Protocol: protoName(s.Proto), RevNatID: s.RevNatID, Backends: s.Backends,
+		e := api.BPFLBService{Frontend: s.Frontend, Protocol: policy.ProtoName(s.Proto), RevNatID: s.RevNatID, Backends: s.Backends,
 			AffinityTimeout: s.AffinityTimeout, MaglevSlots: s.MaglevSlots}
 		if s.Flags&loader.LBFlagNodePort != 0 {
 			e.Flags = append(e.Flags, "nodeport")
@@ -392,7 +380,7 @@ func (a *Agent) BPFLB(context.Context) (api.BPFLB, error) {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	for _, id := range ids {
 		b := backends[id]
-		out.Backends = append(out.Backends, api.BPFLBBackend{ID: id, Address: b.Addr, Protocol: protoName(b.Proto), State: b.State.String()})
+		out.Backends = append(out.Backends, api.BPFLBBackend{ID: id, Address: b.Addr, Protocol: policy.ProtoName(b.Proto), State: b.State.String()})
 	}
 	return out, nil
 }

@@ -75,15 +75,7 @@ func (b Backend) Key() string {
 	return netip.AddrPortFrom(b.Addr, b.Port).String() + "/" + protoKey(b.Proto)
 }
 
-func protoKey(p uint8) string {
-	switch p {
-	case policy.ProtoTCP:
-		return "tcp"
-	case policy.ProtoUDP:
-		return "udp"
-	}
-	return strconv.Itoa(int(p))
-}
+func protoKey(p uint8) string { return strings.ToLower(policy.ProtoName(p)) }
 
 // Frontend is an address, port and protocol a service answers on, with its
 // backends.

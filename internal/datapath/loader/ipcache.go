@@ -82,7 +82,7 @@ func (d *Datapath) UpsertIPCache(e IPCacheEntry) error {
 		return fmt.Errorf("upsert ipcache %s: identity is zero", e.Prefix)
 	}
 	val := datapathIpcacheValue{Identity: e.Identity, CidrIdentity: e.CIDRIdentity}
-	if err := updatePrefixMap(d.objs.MbrIpcache, &key, &val, ErrIPCacheFull); err != nil {
+	if err := putOrFull(d.objs.MbrIpcache, &key, &val, ErrIPCacheFull); err != nil {
 		return fmt.Errorf("upsert ipcache %s: %w", e.Prefix, err)
 	}
 	return nil
@@ -112,9 +112,9 @@ func prefixMapKey(p netip.Prefix) (datapathIpcacheKey, error) {
 	return key, nil
 }
 
-// updatePrefixMap writes one entry; a full map becomes errFull, with the
+// putOrFull writes one entry (any map); a full map becomes errFull, with the
 // map's capacity.
-func updatePrefixMap(m *ebpf.Map, key, val any, errFull error) error {
+func putOrFull(m *ebpf.Map, key, val any, errFull error) error {
 	if err := m.Update(key, val, ebpf.UpdateAny); err != nil {
 		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.E2BIG) {
 			return fmt.Errorf("%w (capacity %d): %w", errFull, m.MaxEntries(), err)

@@ -4,10 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -109,10 +106,7 @@ func checkLBAddr(what string, a netip.AddrPort) error {
 }
 
 func mapPut(m *ebpf.Map, what string, k, v any) error {
-	if err := m.Put(k, v); err != nil {
-		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("%s: %w (%d entries): %w", what, ErrLBMapFull, m.MaxEntries(), err)
-		}
+	if err := putOrFull(m, k, v, ErrLBMapFull); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
@@ -359,40 +353,22 @@ func (d *Datapath) AttachCgroup(path string) error {
 	cgID := stat.Ino // a cgroup v2 directory's inode number is its cgroup id
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := os.MkdirAll(filepath.Join(d.cfg.PinDir, linksDir), 0o700); err != nil {
-		return fmt.Errorf("attach socket hooks: create links dir: %w", err)
-	}
 	for _, p := range d.cgroupPrograms() {
-		pin := d.linkPinPath(p.name)
-		l, err := link.LoadPinnedLink(pin, nil)
-		switch {
-		case err == nil:
-			info, ierr := l.Info()
-			if cg := info.Cgroup(); ierr == nil && cg != nil && cg.CgroupId == cgID && uint32(cg.AttachType) == uint32(p.attach) {
-				if err := l.Update(p.prog); err != nil {
-					l.Close()
-					return fmt.Errorf("update %s on %s: %w", p.name, path, err)
+		err := d.attachPinned(p.name, p.name, "cgroup "+path, p.prog,
+			func(l link.Link) bool {
+				info, err := l.Info()
+				cg := (*link.CgroupInfo)(nil)
+				if err == nil {
+					cg = info.Cgroup()
 				}
-				d.keepLink(p.name, l)
-				continue
-			}
-			l.Close()
-			if err := detachPinnedLink(pin); err != nil {
-				return fmt.Errorf("attach %s to %s: replace stale link: %w", p.name, path, err)
-			}
-		case errors.Is(err, fs.ErrNotExist):
-		default:
-			return fmt.Errorf("attach %s to %s: open pinned link %s: %w", p.name, path, pin, err)
-		}
-		l, err = link.AttachCgroup(link.CgroupOptions{Path: path, Attach: p.attach, Program: p.prog})
+				return cg != nil && cg.CgroupId == cgID && uint32(cg.AttachType) == uint32(p.attach)
+			},
+			func() (link.Link, error) {
+				return link.AttachCgroup(link.CgroupOptions{Path: path, Attach: p.attach, Program: p.prog})
+			})
 		if err != nil {
-			return fmt.Errorf("attach %s to cgroup %s: %w", p.name, path, err)
+			return err
 		}
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			return fmt.Errorf("attach %s to %s: pin link %s: %w", p.name, path, pin, err)
-		}
-		d.keepLink(p.name, l)
 	}
 	d.log.Debug("attached socket hooks", "cgroup", path)
 	return nil

@@ -541,52 +541,57 @@ func (d *Datapath) attach(prog *ebpf.Program, progName, prefix, ifname string, i
 	if ifindex <= 0 {
 		return fmt.Errorf("attach %s to %s: invalid ifindex %d", progName, ifname, ifindex)
 	}
-	name := prefix + ifname
-	pinPath := d.linkPinPath(name)
-
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	where := fmt.Sprintf("%s (ifindex %d)", ifname, ifindex)
+	return d.attachPinned(prefix+ifname, progName, where, prog,
+		func(l link.Link) bool { return attachedIngress(l, ifindex) },
+		func() (link.Link, error) {
+			return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress})
+		})
+}
 
+// attachPinned attaches prog behind the link pinned as PinDir/links/<name>,
+// with d.mu held. A pinned link for which fits is true gets prog through an
+// atomic link update (a restarted agent interrupts nothing); any other pinned
+// link is detached and unpinned, and create makes and pins a fresh one.
+func (d *Datapath) attachPinned(name, progName, where string, prog *ebpf.Program,
+	fits func(link.Link) bool, create func() (link.Link, error)) error {
+	pinPath := d.linkPinPath(name)
 	if err := os.MkdirAll(filepath.Dir(pinPath), 0o700); err != nil {
-		return fmt.Errorf("attach %s to %s: create links dir: %w", progName, ifname, err)
+		return fmt.Errorf("attach %s to %s: create links dir: %w", progName, where, err)
 	}
-
 	l, err := link.LoadPinnedLink(pinPath, nil)
 	switch {
 	case err == nil:
-		if attachedIngress(l, ifindex) {
+		if fits(l) {
 			if err := l.Update(prog); err != nil {
 				l.Close()
-				return fmt.Errorf("update program on %s (ifindex %d): %w", ifname, ifindex, err)
+				return fmt.Errorf("update %s on %s: %w", progName, where, err)
 			}
 			d.keepLink(name, l)
-			d.log.Debug("replaced program in pinned link", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+			d.log.Debug("replaced program in pinned link", "where", where, "pin", pinPath)
 			return nil
 		}
-		d.log.Info("replacing stale pinned link", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+		d.log.Info("replacing stale pinned link", "where", where, "pin", pinPath)
 		l.Close()
 		if err := detachPinnedLink(pinPath); err != nil {
-			return fmt.Errorf("attach %s to %s: replace stale link: %w", progName, ifname, err)
+			return fmt.Errorf("attach %s to %s: replace stale link: %w", progName, where, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
 	default:
-		return fmt.Errorf("attach %s to %s: open pinned link %s: %w", progName, ifname, pinPath, err)
+		return fmt.Errorf("attach %s to %s: open pinned link %s: %w", progName, where, pinPath, err)
 	}
-
-	l, err = link.AttachTCX(link.TCXOptions{
-		Interface: ifindex,
-		Program:   prog,
-		Attach:    ebpf.AttachTCXIngress,
-	})
+	l, err = create()
 	if err != nil {
-		return fmt.Errorf("attach tcx ingress to %s (ifindex %d): %w", ifname, ifindex, err)
+		return fmt.Errorf("attach %s to %s: %w", progName, where, err)
 	}
 	if err := l.Pin(pinPath); err != nil {
 		l.Close() // detaches: the link had no other reference
-		return fmt.Errorf("attach %s to %s: pin link %s: %w", progName, ifname, pinPath, err)
+		return fmt.Errorf("attach %s to %s: pin link %s: %w", progName, where, pinPath, err)
 	}
 	d.keepLink(name, l)
-	d.log.Debug("attached program", "ifname", ifname, "ifindex", ifindex, "pin", pinPath)
+	d.log.Debug("attached program", "where", where, "pin", pinPath)
 	return nil
 }
 

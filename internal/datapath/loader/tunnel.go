@@ -79,7 +79,7 @@ func (d *Datapath) UpsertTunnel(e TunnelEntry) error {
 	default:
 		return fmt.Errorf("upsert tunnel %s: IPv6 node IP %s: %w", e.PodCIDR, ip, ErrNotSupported)
 	}
-	if err := updatePrefixMap(d.objs.MbrTunnel, &key, &val, ErrTunnelMapFull); err != nil {
+	if err := putOrFull(d.objs.MbrTunnel, &key, &val, ErrTunnelMapFull); err != nil {
 		return fmt.Errorf("upsert tunnel %s: %w", e.PodCIDR, err)
 	}
 	return nil
