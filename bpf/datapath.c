@@ -109,9 +109,8 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	__u32 len = skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	enum ct_status ct;
-	struct lb4_nat *nat;
 	__u16 ct_flags;
-	int reason, overlay, svc;
+	int reason, overlay, svc, rewritten;
 
 	/* Truncated or malformed IPv4 header: drop. */
 	if ((void *)(ip4 + 1) > data_end)
@@ -135,14 +134,8 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	svc = lb4_xlate_svc(skb, flow, ETH_HLEN + ip4->ihl * 4);
 	if (svc < 0)
 		return drop_packet(skb, o, -svc, MBR_DIR_EGRESS);
-	if (svc > 0) {
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		eth = data;
-		ip4 = (void *)(eth + 1);
-		if ((void *)(ip4 + 1) > data_end)
-			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
-	}
+	if (svc > 0 && reload_ip4(skb, &eth, &ip4) < 0)
+		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
 
 	dst = lookup_endpoint4(flow->daddr);
 	if (dst) {
@@ -154,22 +147,15 @@ static __always_inline int ipv4_from_container(struct __sk_buff *skb, struct pkt
 	o->ct_state = ct + 1;
 	trace_packet(skb, o, MBR_OBS_FROM_ENDPOINT, MBR_DIR_EGRESS);
 
-	/* A reply to a NodePort client: from the frontend, out by the FIB. */
-	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_NODEPORT)) {
-		nat = nodeport_local_reply_state(flow);
-		if (nat)
-			return nodeport_reply_local4(skb, o, ETH_HLEN + ip4->ihl * 4, flow, nat);
-	}
-	/* A reply to a pod whose service connection the packet path translated. */
-	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_SVC)) {
-		if (lb4_reply_svc(skb, flow, ETH_HLEN + ip4->ihl * 4) < 0)
+	/* A reply of a translated connection: from the frontend again. To a
+	 * NodePort client it leaves by the FIB (its source is the node's); to
+	 * a pod it goes on as usual. */
+	if (ct == CT_REPLY && (ct_flags & (MBR_CT_F_NODEPORT | MBR_CT_F_SVC))) {
+		rewritten = lb4_reply_local(skb, flow, ETH_HLEN + ip4->ihl * 4);
+		if (rewritten < 0 || reload_ip4(skb, &eth, &ip4) < 0)
 			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		eth = data;
-		ip4 = (void *)(eth + 1);
-		if ((void *)(ip4 + 1) > data_end)
-			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
+		if (rewritten && (ct_flags & MBR_CT_F_NODEPORT))
+			return fib_redirect4(skb, o, MBR_DIR_EGRESS);
 	}
 
 	/* Only the first packet of a connection meets policy. */
@@ -311,10 +297,8 @@ static __always_inline int ingress_to_endpoint4(struct __sk_buff *skb, struct pk
 	/* A remote backend's reply to a pod whose service connection the
 	 * packet path translated: from the service address again. */
 	if (ct == CT_REPLY && (ct_flags & MBR_CT_F_SVC)) {
-		if (lb4_reply_svc(skb, flow, ETH_HLEN + ip4->ihl * 4) < 0)
-			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-		eth = (void *)(long)skb->data;
-		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+		if (lb4_reply_local(skb, flow, ETH_HLEN + ip4->ihl * 4) < 0 ||
+		    reload_ip4(skb, &eth, &ip4) < 0)
 			return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 	}
 
@@ -441,76 +425,52 @@ static __always_inline int nodeport_fwd4(struct __sk_buff *skb, struct pkt_obs *
 					 struct lb4_service *svc)
 {
 	struct flow4 *f = &o->flow;
-	struct lb4_nat_key fk = {
-		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
-		.proto = f->protocol,
+	struct lb4_nat_key rk = {
+		.daddr = f->daddr, .proto = f->protocol, .dir = 1,
 	};
-	struct lb4_nat_key rk = { .proto = f->protocol, .dir = 1 };
-	struct lb4_nat fwd = {}, rev = {}, *cur;
+	struct lb4_nat fwd = {}, rev = {};
 	struct endpoint_info *dst;
-	struct lb4_backend *b = NULL;
 	struct tunnel_value *tun;
 	struct ethhdr *eth;
-	void *data, *data_end;
 	__u32 l4_off = ETH_HLEN + ip4->ihl * 4;
-	__u32 backend_id = 0, hash, i, port;
+	__u32 hash = 0, i, port;
 	__be32 new_saddr = f->saddr;
 	__be16 new_sport = f->sport;
-	int overlay;
+	int ret, remote = 0, overlay;
 
-	cur = bpf_map_lookup_elem(&mbr_lb4_nat, &fk);
-	if (cur && bpf_map_lookup_elem(&mbr_lb4_backends, &cur->backend_id)) {
-		fwd = *cur;
-	} else {
-		hash = lb4_flow_hash(f->saddr, f->sport, f->dport, f->protocol);
-		b = lb4_select(svc, f->daddr, f->dport, f->protocol, f->saddr, 0, hash, 1, &backend_id);
-		if (!b)
-			return drop_packet(skb, o, MBR_DROP_NO_SERVICE_BACKEND, MBR_DIR_INGRESS);
-		fwd.addr = b->address;
-		fwd.port = b->port;
-		fwd.backend_id = backend_id;
-		rk.saddr = b->address;
-		rk.sport = b->port;
+	/* A local backend sees the client; a remote one is reached from a
+	 * free SNAT port of this node address, so that its replies come back
+	 * here (reverse entry: client and frontend). */
+	ret = lb4_track(svc, f, &fwd, &hash, 1, &remote);
+	if (ret > 0 && remote) {
+		rk.saddr = fwd.addr;
+		rk.sport = fwd.port;
+		rev.addr = f->saddr;
+		rev.port = f->sport;
 		rev.nat_addr = f->daddr;
 		rev.nat_port = f->dport;
-		if (lookup_endpoint4(b->address)) {
-			/* Local backend: replies go back through from_container. */
-			rk.daddr = f->saddr;
-			rk.dport = f->sport;
-			if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_ANY) < 0)
-				return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
-		} else {
-			/* Remote backend: a free SNAT port on this node address. */
-			rk.daddr = f->daddr;
-			rev.addr = f->saddr;
-			rev.port = f->sport;
-			for (i = 0; i < MBR_SNAT_RETRIES; i++) {
-				port = MBR_SNAT_PORT_MIN + (hash + i * 7919) % MBR_SNAT_PORT_COUNT;
-				rk.dport = bpf_htons((__u16)port);
-				if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_NOEXIST) == 0)
-					break;
-			}
-			if (i == MBR_SNAT_RETRIES)
-				return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
-			fwd.nat_addr = f->daddr;
-			fwd.nat_port = rk.dport;
+		for (i = 0; i < MBR_SNAT_RETRIES; i++) {
+			port = MBR_SNAT_PORT_MIN + (hash + i * 7919) % MBR_SNAT_PORT_COUNT;
+			rk.dport = bpf_htons((__u16)port);
+			if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_NOEXIST) == 0)
+				break;
 		}
-		if (bpf_map_update_elem(&mbr_lb4_nat, &fk, &fwd, BPF_ANY) < 0)
-			return drop_packet(skb, o, MBR_DROP_CT_MAP_FULL, MBR_DIR_INGRESS);
+		if (i == MBR_SNAT_RETRIES)
+			ret = -MBR_DROP_CT_MAP_FULL;
+		fwd.nat_addr = f->daddr;
+		fwd.nat_port = rk.dport;
 	}
+	if (ret > 0)
+		ret = lb4_track_commit(f, &fwd);
+	if (ret < 0)
+		return drop_packet(skb, o, -ret, MBR_DIR_INGRESS);
 	if (fwd.nat_port) {
 		new_saddr = fwd.nat_addr;
 		new_sport = fwd.nat_port;
 	}
 	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, new_saddr, f->daddr, fwd.addr,
-			f->sport, new_sport, f->dport, fwd.port) < 0)
-		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
-
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	ip4 = (void *)(eth + 1);
-	if ((void *)(ip4 + 1) > data_end)
+			f->sport, new_sport, f->dport, fwd.port) < 0 ||
+	    reload_ip4(skb, &eth, &ip4) < 0)
 		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_INGRESS);
 	obs_ip4(o, ip4->saddr, ip4->daddr, ip4->protocol);
 	dst = lookup_endpoint4(fwd.addr);
@@ -561,9 +521,8 @@ int from_netdev(struct __sk_buff *skb)
 	struct lb4_nat *rev;
 	__u16 dport;
 
-	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	if (ip4->version != 4 || ip4->ihl < 5 ||
+	/* Not IPv4 TCP/UDP, or a non-first fragment: not ours. */
+	if (check_eth_ip4(eth, ip4, data_end) ||
 	    (ip4->protocol != IPPROTO_TCP && ip4->protocol != IPPROTO_UDP) ||
 	    (ip4->frag_off & bpf_htons(MBR_IP_OFFSET)))
 		return TC_ACT_OK;
@@ -581,7 +540,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (dport >= MBR_SNAT_PORT_MIN) { /* the SNAT ports run to 65535 */
 		/* The same key shape as a local reply's state; only a remote
 		 * backend's has a client address. */
-		rev = nodeport_local_reply_state(&o.flow);
+		rev = lb4_reply_state(&o.flow);
 		if (rev && rev->addr)
 			return nodeport_rev4(skb, &o, ETH_HLEN + ip4->ihl * 4, rev);
 	}

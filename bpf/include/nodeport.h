@@ -96,9 +96,27 @@ static __always_inline int fib_redirect4(struct __sk_buff *skb, struct pkt_obs *
 	return drop_packet(skb, o, MBR_DROP_NO_ROUTE, dir);
 }
 
-/* The translation state of a local backend's reply to a NodePort client
- * (conntrack flagged the connection), or NULL. */
-static __always_inline struct lb4_nat *nodeport_local_reply_state(const struct flow4 *f)
+/* Re-derives the Ethernet and IPv4 headers after a helper that changed the
+ * packet (checksum and store helpers invalidate packet pointers). 0, or -1
+ * if the headers are no longer in the linear data. */
+static __always_inline int reload_ip4(struct __sk_buff *skb, struct ethhdr **eth, struct iphdr **ip4)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	*eth = data;
+	*ip4 = (void *)(*eth + 1);
+	if ((void *)(*ip4 + 1) > data_end)
+		return -1;
+	return 0;
+}
+
+/* The reverse translation state of a packet (mbr_lb4_nat, dir 1), keyed by
+ * the packet's own tuple, or NULL. Replies of a local backend (to a NodePort
+ * client or to a pod whose service connection the packet path translated)
+ * find only the frontend in it; replies of a remote NodePort backend (to
+ * the node's SNAT port) also the client. */
+static __always_inline struct lb4_nat *lb4_reply_state(const struct flow4 *f)
 {
 	struct lb4_nat_key k = {
 		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
@@ -108,18 +126,67 @@ static __always_inline struct lb4_nat *nodeport_local_reply_state(const struct f
 	return bpf_map_lookup_elem(&mbr_lb4_nat, &k);
 }
 
-/* Such a reply appears to come from the frontend and leaves by the FIB. */
-static __always_inline int nodeport_reply_local4(struct __sk_buff *skb, struct pkt_obs *o,
-						 __u32 l4_off, const struct flow4 *f,
-						 const struct lb4_nat *rn)
+/* The backend of the packet-path flow f to service port svc: the one its
+ * forward entry names while that backend exists (every packet of a
+ * connection goes to one backend), else a new choice, Maglev slot of the
+ * flow hash or random, written to fwd, with the reverse entry that gives
+ * the backend's replies the frontend again (lb4_reply_local) — for every
+ * backend, or with local_only for a local one only, setting *remote when
+ * it left the entry out. Returns 1 for a new choice (*hash holds the flow
+ * hash), 0 for an existing one, -reason to drop. The caller writes the
+ * forward entry of a new choice (after adding what only it knows, such as
+ * an SNAT port) with lb4_track_commit. */
+static __always_inline int lb4_track(struct lb4_service *svc, const struct flow4 *f,
+				     struct lb4_nat *fwd, __u32 *hash, int local_only, int *remote)
 {
-	__be32 new_saddr = rn->nat_addr;
-	__be16 new_sport = rn->nat_port;
+	struct lb4_nat_key fk = {
+		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
+		.proto = f->protocol,
+	};
+	struct lb4_nat_key rk = { .dir = 1 };
+	struct lb4_nat rev = {}, *cur;
+	struct lb4_backend *b;
+	__u32 backend_id = 0;
 
-	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, new_saddr, f->daddr, f->daddr,
-			f->sport, new_sport, f->dport, f->dport) < 0)
-		return drop_packet(skb, o, MBR_DROP_INVALID_PACKET, MBR_DIR_EGRESS);
-	return fib_redirect4(skb, o, MBR_DIR_EGRESS);
+	cur = bpf_map_lookup_elem(&mbr_lb4_nat, &fk);
+	if (cur && bpf_map_lookup_elem(&mbr_lb4_backends, &cur->backend_id)) {
+		*fwd = *cur;
+		return 0;
+	}
+	*hash = lb4_flow_hash(f->saddr, f->sport, f->dport, f->protocol);
+	b = lb4_select(svc, f->daddr, f->dport, f->protocol, f->saddr, 0, *hash, 1, &backend_id);
+	if (!b)
+		return -MBR_DROP_NO_SERVICE_BACKEND;
+	fwd->addr = b->address;
+	fwd->port = b->port;
+	fwd->backend_id = backend_id;
+	if (local_only && !lookup_endpoint4(b->address)) {
+		*remote = 1;
+		return 1;
+	}
+	rk.saddr = b->address;
+	rk.daddr = f->saddr;
+	rk.sport = b->port;
+	rk.dport = f->sport;
+	rk.proto = f->protocol;
+	rev.nat_addr = f->daddr;
+	rev.nat_port = f->dport;
+	if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_ANY) < 0)
+		return -MBR_DROP_CT_MAP_FULL;
+	return 1;
+}
+
+/* Writes the forward entry of flow f's new choice. 0, or -reason. */
+static __always_inline int lb4_track_commit(const struct flow4 *f, const struct lb4_nat *fwd)
+{
+	struct lb4_nat_key fk = {
+		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
+		.proto = f->protocol,
+	};
+
+	if (bpf_map_update_elem(&mbr_lb4_nat, &fk, fwd, BPF_ANY) < 0)
+		return -MBR_DROP_CT_MAP_FULL;
+	return 0;
 }
 
 /* The service network (--service-cidr), network byte order; set at load.
@@ -129,22 +196,15 @@ volatile const __be32 SVC_MASK4 = 0xffffffff;
 
 /* Packet-level translation of a pod's connection to a cluster IP that no
  * socket hook translated (a raw socket, a process outside the node's
- * cgroup tree): the flow's backend is kept in mbr_lb4_nat (chosen once,
- * Maglev or random), the destination rewritten to it, and a reverse entry
- * lets the reply path restore the service address. Returns 1 if f was
- * translated (f now holds the backend), 0 if it is no service, or -reason
- * to drop. Packet pointers are invalid after 1. */
+ * cgroup tree): the destination becomes the flow's backend (lb4_track).
+ * Returns 1 if f was translated (f now holds the backend), 0 if it is no
+ * service, or -reason to drop. Packet pointers are invalid after 1. */
 static __always_inline int lb4_xlate_svc(struct __sk_buff *skb, struct flow4 *f, __u32 l4_off)
 {
-	struct lb4_nat_key fk = {
-		.saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport,
-		.proto = f->protocol,
-	};
-	struct lb4_nat_key rk = { .saddr = 0 };
-	struct lb4_nat fwd = {}, rev = {}, *cur;
 	struct lb4_service *svc;
-	struct lb4_backend *b;
-	__u32 backend_id = 0;
+	struct lb4_nat fwd = {};
+	__u32 hash = 0;
+	int ret, remote = 0;
 
 	if ((f->daddr & SVC_MASK4) != SVC_NET4 ||
 	    (f->protocol != IPPROTO_TCP && f->protocol != IPPROTO_UDP))
@@ -152,29 +212,13 @@ static __always_inline int lb4_xlate_svc(struct __sk_buff *skb, struct flow4 *f,
 	svc = lb4_lookup_service(f->daddr, f->dport, f->protocol);
 	if (!svc)
 		return 0;
-	cur = bpf_map_lookup_elem(&mbr_lb4_nat, &fk);
-	if (cur && bpf_map_lookup_elem(&mbr_lb4_backends, &cur->backend_id)) {
-		fwd = *cur;
-	} else {
-		b = lb4_select(svc, f->daddr, f->dport, f->protocol, f->saddr, 0,
-			       lb4_flow_hash(f->saddr, f->sport, f->dport, f->protocol), 1, &backend_id);
-		if (!b)
-			return -MBR_DROP_NO_SERVICE_BACKEND;
-		fwd.addr = b->address;
-		fwd.port = b->port;
-		fwd.backend_id = backend_id;
-		rk.saddr = b->address;
-		rk.daddr = f->saddr;
-		rk.sport = b->port;
-		rk.dport = f->sport;
-		rk.proto = f->protocol;
-		rk.dir = 1;
-		rev.nat_addr = f->daddr;
-		rev.nat_port = f->dport;
-		if (bpf_map_update_elem(&mbr_lb4_nat, &rk, &rev, BPF_ANY) < 0 ||
-		    bpf_map_update_elem(&mbr_lb4_nat, &fk, &fwd, BPF_ANY) < 0)
-			return -MBR_DROP_CT_MAP_FULL;
-	}
+	/* Every backend's replies are restored, in from_container or on the
+	 * way into the pod: the reverse entry is needed for all. */
+	ret = lb4_track(svc, f, &fwd, &hash, 0, &remote);
+	if (ret > 0)
+		ret = lb4_track_commit(f, &fwd);
+	if (ret < 0)
+		return ret;
 	if (lb4_rewrite(skb, l4_off, f->protocol, f->saddr, f->saddr, f->daddr, fwd.addr,
 			f->sport, f->sport, f->dport, fwd.port) < 0)
 		return -MBR_DROP_INVALID_PACKET;
@@ -184,12 +228,13 @@ static __always_inline int lb4_xlate_svc(struct __sk_buff *skb, struct flow4 *f,
 	return 1;
 }
 
-/* A reply on a connection that lb4_xlate_svc translated: its source becomes
- * the service address again. 1 if rewritten (f updated, packet pointers
- * invalid), 0 if there is no state, -1 on error. */
-static __always_inline int lb4_reply_svc(struct __sk_buff *skb, struct flow4 *f, __u32 l4_off)
+/* A reply whose reverse state names only the frontend (a local backend's,
+ * see lb4_reply_state): its source becomes the frontend again. 1 if
+ * rewritten (f updated, packet pointers invalid), 0 if there is no state,
+ * -1 on error. */
+static __always_inline int lb4_reply_local(struct __sk_buff *skb, struct flow4 *f, __u32 l4_off)
 {
-	struct lb4_nat *rn = nodeport_local_reply_state(f);
+	struct lb4_nat *rn = lb4_reply_state(f);
 	__be32 vip;
 	__be16 vport;
 
