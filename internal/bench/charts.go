@@ -298,25 +298,7 @@ func PolicyChart(r *Results, path string) error {
 		p.Add(plotter.NewGrid())
 		row = append(row, p)
 	}
-	const panelW, panelH = 5.5 * vg.Inch, 4.5 * vg.Inch
-	img := vgimg.New(panelW*vg.Length(len(row)), panelH)
-	dc := draw.New(img)
-	dc.SetColor(color.White)
-	dc.Fill(dc.Rectangle.Path())
-	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Points(12), PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(8)}
-	canvases := plot.Align([][]*plot.Plot{row}, tiles, dc)
-	for i, p := range row {
-		p.Draw(canvases[0][i])
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("save chart %s: %w", path, err)
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return fmt.Errorf("save chart %s: %w", path, err)
-	}
-	return f.Close()
+	return savePanels(row, 5.5*vg.Inch, path)
 }
 
 // CrossNodeChart draws, per workload, one bar per cross-node comparison
@@ -414,4 +396,28 @@ func CrossNodeChart(r *Results, path string) error {
 	p.NominalX(names...)
 	p.Add(plotter.NewGrid())
 	return save(p, path, 8*vg.Inch, 4.5*vg.Inch)
+}
+
+// savePanels draws plots side by side, panelW wide and 4.5 inches high
+// each, on white, and writes them to path as PNG.
+func savePanels(row []*plot.Plot, panelW vg.Length, path string) error {
+	const panelH = 4.5 * vg.Inch
+	img := vgimg.New(panelW*vg.Length(len(row)), panelH)
+	dc := draw.New(img)
+	dc.SetColor(color.White)
+	dc.Fill(dc.Rectangle.Path())
+	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Points(12), PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(8)}
+	canvases := plot.Align([][]*plot.Plot{row}, tiles, dc)
+	for i, p := range row {
+		p.Draw(canvases[0][i])
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("save chart %s: %w", path, err)
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return fmt.Errorf("save chart %s: %w", path, err)
+	}
+	return f.Close()
 }

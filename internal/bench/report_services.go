@@ -2,9 +2,7 @@ package bench
 
 import (
 	"fmt"
-	"image/color"
 	"math"
-	"os"
 	"slices"
 	"strings"
 
@@ -12,7 +10,6 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // ChartServices is the "latency vs service count" chart, relative to the
@@ -311,25 +308,7 @@ func ServicesChart(top *Results, path string) error {
 		p.Add(plotter.NewGrid())
 		row = append(row, p)
 	}
-	const panelW, panelH = 5 * vg.Inch, 4.5 * vg.Inch
-	img := vgimg.New(panelW*vg.Length(len(row)), panelH)
-	dc := draw.New(img)
-	dc.SetColor(color.White)
-	dc.Fill(dc.Rectangle.Path())
-	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Points(12), PadTop: vg.Points(4), PadBottom: vg.Points(4), PadLeft: vg.Points(4), PadRight: vg.Points(8)}
-	canvases := plot.Align([][]*plot.Plot{row}, tiles, dc)
-	for i, p := range row {
-		p.Draw(canvases[0][i])
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("save chart %s: %w", path, err)
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return fmt.Errorf("save chart %s: %w", path, err)
-	}
-	return f.Close()
+	return savePanels(row, 5*vg.Inch, path)
 }
 
 // decadeTicks labels the powers of ten (1, 10, 100, 1K, 10K) of a log
