@@ -242,6 +242,11 @@ func decodeObject(m map[string]any) (Object, error) {
 		}
 	}
 	spec, hasSpec := m["spec"]
+	decodeSpec := func(target any) {
+		if hasSpec {
+			decodeValue(spec, reflect.ValueOf(target).Elem(), "spec", &fe)
+		}
+	}
 	switch obj.Kind {
 	case KindNamespace:
 		if hasSpec {
@@ -249,29 +254,14 @@ func decodeObject(m map[string]any) (Object, error) {
 		}
 	case KindNetworkPolicy:
 		obj.NetworkPolicy = &NetworkPolicySpec{}
-		if hasSpec {
-			decodeValue(spec, reflect.ValueOf(obj.NetworkPolicy).Elem(), "spec", &fe)
-		}
-		if obj.Namespace == "" {
-			obj.Namespace = DefaultNamespace
-		}
+		decodeSpec(obj.NetworkPolicy)
 		defaultNetworkPolicy(obj.NetworkPolicy)
 	case KindMembranePolicy:
 		obj.MembranePolicy = &MembranePolicySpec{}
-		if hasSpec {
-			decodeValue(spec, reflect.ValueOf(obj.MembranePolicy).Elem(), "spec", &fe)
-		}
-		if obj.Namespace == "" {
-			obj.Namespace = DefaultNamespace
-		}
+		decodeSpec(obj.MembranePolicy)
 	case KindService:
 		obj.Service = &ServiceSpec{}
-		if hasSpec {
-			decodeValue(spec, reflect.ValueOf(obj.Service).Elem(), "spec", &fe)
-		}
-		if obj.Namespace == "" {
-			obj.Namespace = DefaultNamespace
-		}
+		decodeSpec(obj.Service)
 		defaultService(obj.Service)
 	case KindEndpointSlice:
 		obj.EndpointSlice = &EndpointSliceSpec{}
@@ -283,10 +273,13 @@ func decodeObject(m map[string]any) (Object, error) {
 		}
 		// The fields sit at the top level, so their paths have no prefix.
 		decodeValue(top, reflect.ValueOf(obj.EndpointSlice).Elem(), "", &fe)
+		defaultEndpointSlice(obj.EndpointSlice)
+	}
+	switch obj.Kind {
+	case KindNetworkPolicy, KindMembranePolicy, KindService, KindEndpointSlice:
 		if obj.Namespace == "" {
 			obj.Namespace = DefaultNamespace
 		}
-		defaultEndpointSlice(obj.EndpointSlice)
 	}
 	if len(fe) > 0 {
 		return Object{}, &ObjectError{Object: obj.Ref(), Errors: fe}
