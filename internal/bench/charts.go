@@ -273,24 +273,13 @@ func PolicyChart(r *Results, path string) error {
 			if s.Len() == 0 {
 				continue
 			}
-			line, points, err := plotter.NewLinePoints(s.xys)
-			if err != nil {
-				return fmt.Errorf("policy chart: %w", err)
-			}
 			c := topologyColor("", k)
 			if fam == familyMembrane {
 				c = topologyColor("MEMBRANE", 0)
 			}
-			line.Color, line.Width = c, vg.Points(2)
-			points.Color, points.Radius = c, vg.Points(3)
-			points.Shape = draw.CircleGlyph{}
-			bars, err := plotter.NewYErrorBars(s)
-			if err != nil {
+			if err := addSeries(p, s, c, legend[fam]); err != nil {
 				return fmt.Errorf("policy chart: %w", err)
 			}
-			bars.Color = c
-			p.Add(line, points, bars)
-			p.Legend.Add(legend[fam], line, points)
 		}
 		p.Y.Max = ymax * 1.35 // room for the legend
 		p.X.Min, p.X.Max = -0.3, float64(len(ns)-1)+0.3
@@ -420,4 +409,24 @@ func savePanels(row []*plot.Plot, panelW vg.Length, path string) error {
 		return fmt.Errorf("save chart %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// addSeries draws s as a line with points and min–max error bars in colour
+// c, with a legend entry.
+func addSeries(p *plot.Plot, s policySeries, c color.Color, label string) error {
+	line, points, err := plotter.NewLinePoints(s.xys)
+	if err != nil {
+		return err
+	}
+	line.Color, line.Width = c, vg.Points(2)
+	points.Color, points.Radius = c, vg.Points(3)
+	points.Shape = draw.CircleGlyph{}
+	bars, err := plotter.NewYErrorBars(s)
+	if err != nil {
+		return err
+	}
+	bars.Color = c
+	p.Add(line, points, bars)
+	p.Legend.Add(label, line, points)
+	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 )
 
 // ChartServices is the "latency vs service count" chart, relative to the
@@ -284,24 +283,13 @@ func ServicesChart(top *Results, path string) error {
 			if s.Len() == 0 {
 				continue
 			}
-			line, points, err := plotter.NewLinePoints(s.xys)
-			if err != nil {
-				return fmt.Errorf("services chart: %w", err)
-			}
 			c := topologyColor("", k)
 			if f.kind == KindMembraneSvc {
 				c = topologyColor("MEMBRANE", 0)
 			}
-			line.Color, line.Width = c, vg.Points(2)
-			points.Color, points.Radius = c, vg.Points(3)
-			points.Shape = draw.CircleGlyph{}
-			bars, err := plotter.NewYErrorBars(s)
-			if err != nil {
+			if err := addSeries(p, s, c, f.label); err != nil {
 				return fmt.Errorf("services chart: %w", err)
 			}
-			bars.Color = c
-			p.Add(line, points, bars)
-			p.Legend.Add(f.label, line, points)
 		}
 		p.Y.Max = ymax * 1.6 // room for the legend
 		p.X.Min, p.X.Max = float64(ns[0])*0.7, float64(ns[len(ns)-1])*1.4
