@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-net/membrane/internal/datapath/link"
+	"github.com/membrane-net/membrane/internal/datapath/loader"
 )
 
 // defaultCgroup2Mount is where the agent mounts cgroup v2 when the machine
@@ -14,26 +15,21 @@ import (
 // the v2 hierarchy exists beside v1 without controllers.
 const defaultCgroup2Mount = "/run/membrane/cgroupv2"
 
-func isCgroup2(dir string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
-}
-
 // cgroupRoot returns the cgroup v2 directory the socket hooks attach to:
 // --cgroup-root if set (it must be cgroup v2), else /sys/fs/cgroup if that
 // is cgroup v2, else cgroup2 mounted at /run/membrane/cgroupv2 (mounting it
 // if needed; the mount stays for the node's lifetime, like the BPF pins).
 func (c Config) cgroupRoot() (string, error) {
 	if c.CgroupRoot != "" {
-		if !isCgroup2(c.CgroupRoot) {
+		if !loader.IsCgroup2(c.CgroupRoot) {
 			return "", fmt.Errorf("--cgroup-root %s: not a cgroup v2 directory", c.CgroupRoot)
 		}
 		return c.CgroupRoot, nil
 	}
-	if isCgroup2("/sys/fs/cgroup") {
+	if loader.IsCgroup2("/sys/fs/cgroup") {
 		return "/sys/fs/cgroup", nil
 	}
-	if isCgroup2(defaultCgroup2Mount) {
+	if loader.IsCgroup2(defaultCgroup2Mount) {
 		return defaultCgroup2Mount, nil
 	}
 	if err := os.MkdirAll(defaultCgroup2Mount, 0o755); err != nil {

@@ -333,18 +333,20 @@ func (d *Datapath) cgroupPrograms() []struct {
 	}
 }
 
+// IsCgroup2 reports whether dir is on a cgroup v2 file system.
+func IsCgroup2(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
 // AttachCgroup attaches the socket hooks (connect4, sendmsg4, recvmsg4,
 // getpeername4) to the cgroup v2 directory path, so that every socket of
 // the processes in it and below it gets service translation. Links are
 // pinned: a restarted agent swaps the programs atomically; links to
 // another cgroup are replaced.
 func (d *Datapath) AttachCgroup(path string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return fmt.Errorf("attach socket hooks to %s: %w", path, err)
-	}
-	if st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return fmt.Errorf("attach socket hooks to %s: not a cgroup v2 directory (filesystem magic %#x)", path, st.Type)
+	if !IsCgroup2(path) {
+		return fmt.Errorf("attach socket hooks to %s: not a cgroup v2 directory", path)
 	}
 	var stat unix.Stat_t
 	if err := unix.Stat(path, &stat); err != nil {
@@ -357,10 +359,10 @@ func (d *Datapath) AttachCgroup(path string) error {
 		err := d.attachPinned(p.name, p.name, "cgroup "+path, p.prog,
 			func(l link.Link) bool {
 				info, err := l.Info()
-				cg := (*link.CgroupInfo)(nil)
-				if err == nil {
-					cg = info.Cgroup()
+				if err != nil {
+					return false
 				}
+				cg := info.Cgroup()
 				return cg != nil && cg.CgroupId == cgID && uint32(cg.AttachType) == uint32(p.attach)
 			},
 			func() (link.Link, error) {
